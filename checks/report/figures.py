@@ -1,0 +1,186 @@
+"""The one place that draws: `render_png(Figure) -> bytes` for each Figure kind in checks/result.py.
+
+Uses matplotlib's object API on the Agg canvas (no pyplot): no global figure registry, nothing to
+close, no display needed. Figures are small on purpose (dpi 80, a few inches wide) so a report
+with dozens of them stays a few hundred kB. Text is drawn with mathtext off, so a class name with a
+`$` in it is drawn as typed instead of crashing the renderer.
+"""
+from __future__ import annotations
+
+import io
+import textwrap
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; must precede any backend use
+
+import numpy as np  # noqa: E402
+from matplotlib import rc_context  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure as MplFigure  # noqa: E402
+
+from checks.result import Figure  # noqa: E402
+
+DPI = 80
+WIDTH_IN = 6.4        # 512 px at DPI 80: fits the report column without scaling
+MAX_IMAGES = 48       # an images figure is a glance, not a data dump
+MAX_ANNOTATED_CELLS = 20 * 20
+STYLE = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "axes.spines.top": False,
+         "axes.spines.right": False, "savefig.dpi": DPI}
+
+
+def render_png(figure: Figure) -> bytes:
+    """Draw one Figure as PNG bytes. Raises ValueError for an unknown kind or malformed data."""
+    draw = _DRAWERS.get(figure.kind)
+    if draw is None:
+        raise ValueError(f"unknown figure kind {figure.kind!r}; expected one of {', '.join(_DRAWERS)}")
+    with rc_context(STYLE):
+        fig = draw(figure.data)
+        if figure.title:
+            fig.suptitle(_wrap(figure.title, 80), fontsize=10)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        FigureCanvasAgg(fig).print_png(buffer)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- the kinds
+
+def _images(data: dict[str, Any]) -> MplFigure:
+    images = _array(data["images"], "images")
+    if images.ndim == 4 and images.shape[1] == 1:  # (N, 1, H, W) -> (N, H, W)
+        images = images[:, 0]
+    if images.ndim != 3 or len(images) == 0:
+        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
+    images = images[:MAX_IMAGES]
+    captions = [str(c) for c in data.get("captions", [])][:len(images)]
+    signed = data.get("cmap", "gray") == "signed"
+    cols = _grid_columns(len(images))
+    rows = -(-len(images) // cols)
+    cell = min(1.3, WIDTH_IN / cols)
+    fig = MplFigure(figsize=(cell * cols, (cell + (0.3 if captions else 0.05)) * rows + 0.4), dpi=DPI)
+    for i, image in enumerate(images):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        image = image.astype(float)
+        if signed:  # centred at 0, per image: red pushes the score up, blue pushes it down
+            limit = float(np.nanmax(np.abs(image))) or 1.0
+            ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        else:
+            ax.imshow(image, cmap="gray", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if i < len(captions):
+            ax.set_title(_wrap(captions[i], 18), fontsize=7)
+    return fig
+
+
+def _lines(data: dict[str, Any]) -> MplFigure:
+    fig = MplFigure(figsize=(WIDTH_IN * 0.75, 3.0), dpi=DPI)
+    ax = fig.add_subplot()
+    series = data["series"]
+    for name, ys in series.items():
+        ys = _array(ys, f"series {name!r}").astype(float).ravel()
+        xs = _array(data["x"], "x").ravel()[:len(ys)] if data.get("x") is not None else np.arange(len(ys))
+        ax.plot(xs, ys, marker="o" if len(ys) <= 30 else None, markersize=3, label=str(name))
+    if data.get("hline") is not None:
+        ax.axhline(float(data["hline"]), color="gray", linestyle="--", linewidth=1,
+                   label=str(data.get("hline_label", f"{float(data['hline']):.4g}")))
+    ax.set_xlabel(str(data.get("xlabel", "")))
+    ax.set_ylabel(str(data.get("ylabel", "")))
+    if data.get("logy"):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _bars(data: dict[str, Any]) -> MplFigure:
+    categories = [str(c) for c in data["categories"]]
+    series = {str(k): _array(v, f"series {k!r}").astype(float).ravel() for k, v in data["series"].items()}
+    fig = MplFigure(figsize=(WIDTH_IN * 0.85, 3.2), dpi=DPI)
+    ax = fig.add_subplot()
+    positions = np.arange(len(categories))
+    width = 0.8 / max(len(series), 1)
+    highlight = str(data.get("highlight", ""))  # optional: one category drawn in another colour
+    for j, (name, values) in enumerate(series.items()):
+        offset = (j - (len(series) - 1) / 2) * width
+        colors = ["#dd8452" if c == highlight else "#4c72b0" for c in categories] if len(series) == 1 else None
+        bars = ax.bar(positions + offset, values, width, label=name, color=colors)
+        if len(categories) * len(series) <= 24:
+            ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=7, padding=1)
+    if data.get("hline") is not None:
+        ax.axhline(float(data["hline"]), color="gray", linestyle="--", linewidth=1)
+    ax.set_xticks(positions, [_wrap(c, 14) for c in categories], fontsize=8)
+    ax.set_ylabel(str(data.get("ylabel", "")))
+    ax.margins(y=0.12)  # room for the value labels
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _histogram(data: dict[str, Any]) -> MplFigure:
+    values = _array(data["values"], "values").astype(float).ravel()
+    values = values[np.isfinite(values)]
+    fig = MplFigure(figsize=(WIDTH_IN * 0.75, 2.8), dpi=DPI)
+    ax = fig.add_subplot()
+    ax.hist(values, bins=data.get("bins", 50), color="#4c72b0")
+    ax.set_xlabel(str(data.get("xlabel", "")))
+    ax.set_ylabel("count")
+    if data.get("logy"):
+        ax.set_yscale("log")
+    return fig
+
+
+def _matrix(data: dict[str, Any]) -> MplFigure:
+    values = _array(data["values"], "values").astype(float)
+    if values.ndim != 2:
+        raise ValueError(f"matrix values must be 2-D, got shape {values.shape}")
+    rows = [str(r) for r in data.get("rows", range(values.shape[0]))]
+    cols = [str(c) for c in data.get("cols", range(values.shape[1]))]
+    side = min(WIDTH_IN * 0.8, 1.6 + 0.42 * max(values.shape))
+    fig = MplFigure(figsize=(side + 0.8, side), dpi=DPI)
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="Blues", interpolation="nearest", aspect="auto")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(len(cols)), [_wrap(c, 10) for c in cols], fontsize=7,
+                  rotation=45 if max(map(len, cols), default=0) > 2 else 0, ha="right" if max(map(len, cols), default=0) > 2 else "center")
+    ax.set_yticks(range(len(rows)), [_wrap(r, 14) for r in rows], fontsize=7)
+    ax.set_xlabel(str(data.get("xlabel", "")))
+    ax.set_ylabel(str(data.get("ylabel", "")))
+    if values.size <= MAX_ANNOTATED_CELLS:
+        top = np.nanmax(values) if values.size else 0
+        for (r, c), v in np.ndenumerate(values):
+            text = f"{v:.0f}" if float(v).is_integer() else f"{v:.2g}"
+            ax.text(c, r, text, ha="center", va="center", fontsize=6,
+                    color="white" if top and v > 0.6 * top else "black")
+    return fig
+
+
+_DRAWERS = {"images": _images, "lines": _lines, "bars": _bars, "histogram": _histogram, "matrix": _matrix}
+
+
+# ---------------------------------------------------------------- small pieces
+
+def _array(value: Any, what: str) -> np.ndarray:
+    """numpy view of a list, numpy array or torch tensor (any device)."""
+    if hasattr(value, "detach"):  # a torch tensor: leave the GPU, drop autograd
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"figure {what} is not array-like: {err}") from None
+
+
+def _grid_columns(n: int) -> int:
+    if n <= 6:
+        return n
+    if n <= 10:
+        return 5
+    return 6 if n <= 24 else 8
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width)[:3]) or text

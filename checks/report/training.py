@@ -1,0 +1,199 @@
+"""What the report says about a finished training run, computed once, right after `fit`.
+
+`training_summary(pipeline, fit_result)` makes one pass over the test split with the trained model
+and returns plain numbers (stored in results.json under "training") plus the figures. The report
+never re-runs anything: `recipe report` redraws the page from those stored numbers and PNGs.
+
+When the run stopped early (NaN loss, Ctrl-C) `fit` did not evaluate on test, and neither does
+this: test accuracy, the confusion matrix and the mistakes are left out rather than measured on a
+half-trained or diverged model.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from checks.result import Figure
+
+if TYPE_CHECKING:
+    from recipe.pipeline import Pipeline
+    from recipe.train import FitResult
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+IMAGE_PIXELS = 28 * 28
+N_MISTAKES = 12
+
+# Published test accuracies to put this run in context, by data source.
+LECUN_LINEAR = {"name": "linear classifier (LeCun et al. 1998)", "accuracy": 0.880,
+                "source": "LeCun et al. 1998, 'Gradient-based learning applied to document recognition': "
+                          "1-layer linear classifier, 12.0% test error"}
+LOGREG_MNIST = {"name": "logistic regression (Xiao et al. 2017)", "accuracy": 0.917,
+                "source": "Xiao, Rasul, Vollgraf 2017, Fashion-MNIST benchmark, LogisticRegression on MNIST"}
+LOGREG_FASHION = {"name": "logistic regression (Xiao et al. 2017)", "accuracy": 0.842,
+                  "source": "Xiao, Rasul, Vollgraf 2017, Fashion-MNIST benchmark, LogisticRegression on Fashion-MNIST"}
+PUBLISHED = {"mnist": [LECUN_LINEAR, LOGREG_MNIST], "sample": [LECUN_LINEAR, LOGREG_MNIST],
+             "fashion-mnist": [LOGREG_FASHION]}
+
+# Figure titles double as keys: the report places notes and tables next to the figure they explain.
+LOSS_CURVES = "Learning curves: loss per epoch"
+ACCURACY_CURVE = "Learning curves: validation accuracy per epoch"
+CONFUSION = "Confusion matrix on test (rows: true class, columns: predicted)"
+TEMPLATES = "Weight templates: each class's row of W as 28x28 (red raises its score, blue lowers it)"
+MISTAKES = "Most confidently wrong test images"
+ANCHORS = "Test accuracy against anchors"
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion correct/n; unlike p +- 1.96 SE it stays in [0, 1]."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = correct / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def training_summary(pipeline: "Pipeline", fit_result: "FitResult") -> tuple[dict[str, Any], list[Figure]]:
+    """The "training" block of results.json and the figures of the report's training section."""
+    names = list(pipeline.data.class_names)
+    history = [dict(row) for row in fit_result.history]
+    n_val = len(pipeline.data.val)
+    summary: dict[str, Any] = {"epochs": history, "stopped": fit_result.stopped,
+                               "val_accuracy": None, "val_ci95": None, "val_n": n_val,
+                               "test_accuracy": None, "test_ci95": None, "test_n": len(pipeline.data.test),
+                               "per_class": [], "anchors": [], "confident_mistakes": []}
+    if history:
+        val_accuracy = float(history[-1]["val_accuracy"])
+        summary["val_accuracy"] = val_accuracy
+        summary["val_ci95"] = list(wilson_interval(round(val_accuracy * n_val), n_val))
+    test_figures: dict[str, Figure] = {}
+    if fit_result.test is not None:
+        y, probs = _test_predictions(fit_result.model, pipeline)
+        test_figures = _test_section(summary, pipeline, y, probs, names)
+    templates = weight_templates(fit_result.model, names)
+    figures = _curves(history, len(names)) + [
+        f for f in (test_figures.get(CONFUSION), templates, test_figures.get(MISTAKES), test_figures.get(ANCHORS))
+        if f is not None]
+    return summary, figures
+
+
+def _curves(history: list[dict], num_classes: int) -> list[Figure]:
+    if not history:
+        return []
+    epochs = [row["epoch"] for row in history]
+    loss = Figure("lines", LOSS_CURVES, {
+        "series": {"train loss (mean over the epoch)": [row["train_loss"] for row in history],
+                   "val loss (after the epoch)": [row["val_loss"] for row in history]},
+        "x": epochs, "xlabel": "epoch", "ylabel": "cross-entropy",
+        "hline": math.log(num_classes), "hline_label": f"ln({num_classes}) = loss at init / chance"})
+    accuracy = Figure("lines", ACCURACY_CURVE, {
+        "series": {"val accuracy": [row["val_accuracy"] for row in history]},
+        "x": epochs, "xlabel": "epoch", "ylabel": "accuracy"})
+    return [loss, accuracy]
+
+
+@torch.no_grad()
+def _test_predictions(model: nn.Module, pipeline: "Pipeline") -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, probs) for the whole test split in its stored order, on the CPU."""
+    was_training = model.training
+    model.eval()
+    ys, probs, order = [], [], []
+    for batch in pipeline.batches("test", shuffle=False, augment=False):
+        probs.append(torch.softmax(model(batch.x).float(), dim=1).cpu())  # (B, C)
+        ys.append(batch.y.cpu())
+        order.append(batch.idx.cpu())
+    model.train(was_training)
+    position = torch.cat(order).argsort()  # put rows back in split order, whatever the batch order
+    return torch.cat(ys)[position], torch.cat(probs)[position]
+
+
+def _test_section(summary: dict, pipeline: "Pipeline", y: torch.Tensor, probs: torch.Tensor,
+                  names: list[str]) -> dict[str, Figure]:
+    """Fill the test numbers into `summary`; return the test figures by title."""
+    num_classes = len(names)
+    pred = probs.argmax(1)
+    n, correct = len(y), int((pred == y).sum())
+    test_accuracy = correct / n
+    summary["test_accuracy"] = test_accuracy
+    summary["test_ci95"] = list(wilson_interval(correct, n))
+
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)  # (true, predicted)
+    confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    summary["per_class"] = _per_class(confusion, names)
+    summary["anchors"] = _anchors(pipeline, y, test_accuracy)
+    mistakes, mistakes_figure = _confident_mistakes(pipeline, y, probs, pred, names)
+    summary["confident_mistakes"] = mistakes
+
+    figures = {
+        CONFUSION: Figure("matrix", CONFUSION, {"values": confusion.numpy(), "rows": names, "cols": names,
+                                                "xlabel": "predicted", "ylabel": "true"}),
+        ANCHORS: Figure("bars", ANCHORS, {
+            "categories": [a["name"] for a in summary["anchors"]],
+            "series": {"test accuracy": [a["accuracy"] for a in summary["anchors"]]},
+            "ylabel": "test accuracy", "highlight": "this run"})}
+    if mistakes_figure is not None:
+        figures[MISTAKES] = mistakes_figure
+    return figures
+
+
+def _per_class(confusion: torch.Tensor, names: list[str]) -> list[dict]:
+    rows = []
+    for c, name in enumerate(names):
+        n = int(confusion[c].sum())
+        correct = int(confusion[c, c])
+        off = confusion[c].clone()
+        off[c] = -1
+        confused = int(off.argmax())
+        rows.append({"class": name, "n": n, "correct": correct,
+                     "accuracy": correct / n if n else None,
+                     "ci95": list(wilson_interval(correct, n)) if n else None,
+                     "most_confused_with": names[confused] if n and off[confused] > 0 else None,
+                     "times": int(off[confused]) if n and off[confused] > 0 else 0})
+    return rows
+
+
+def _anchors(pipeline: "Pipeline", y_test: torch.Tensor, test_accuracy: float) -> list[dict]:
+    num_classes = pipeline.num_classes
+    # The majority class is picked on train (never on test), then scored on test.
+    train_counts = torch.bincount(pipeline.data.train.labels.cpu(), minlength=num_classes)
+    majority = int(train_counts.argmax())
+    anchors = [
+        {"name": f"chance (1/{num_classes})", "accuracy": 1 / num_classes,
+         "source": "guessing uniformly at random"},
+        {"name": "majority class", "accuracy": int((y_test == majority).sum()) / len(y_test),
+         "source": f"always predict the most frequent train class ({pipeline.data.class_names[majority]})"},
+    ]
+    anchors += [dict(a) for a in PUBLISHED.get(pipeline.data.source, [])]
+    anchors.append({"name": "this run", "accuracy": test_accuracy, "source": f"pipeline {pipeline.name!r} on test"})
+    return anchors
+
+
+def _confident_mistakes(pipeline: "Pipeline", y: torch.Tensor, probs: torch.Tensor, pred: torch.Tensor,
+                        names: list[str]) -> tuple[list[dict], Figure | None]:
+    confidence = probs.gather(1, pred[:, None])[:, 0]            # (N,) probability of the predicted class
+    wrong = torch.nonzero(pred != y).flatten()
+    if len(wrong) == 0:
+        return [], None
+    worst = wrong[confidence[wrong].argsort(descending=True)[:N_MISTAKES]]
+    rows = [{"index": int(i), "true": names[int(y[i])], "predicted": names[int(pred[i])],
+             "p": float(confidence[i])} for i in worst]
+    images = pipeline.data.test.images[worst.to(pipeline.data.test.images.device)].cpu()  # (K, 28, 28) uint8
+    captions = [f"true {r['true']} / pred {r['predicted']} p={r['p']:.2f}" for r in rows]
+    return rows, Figure("images", MISTAKES, {"images": images.numpy(), "captions": captions, "cmap": "gray"})
+
+
+def weight_templates(model: nn.Module, names: list[str]) -> Figure | None:
+    """The first Linear layer reading the 784 pixels, drawn as one 28x28 image per class.
+
+    Only when that layer maps straight to the classes (the linear classifier): an MLP's first layer
+    holds hidden units, not class templates, so it is skipped.
+    """
+    layer = next((m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == IMAGE_PIXELS), None)
+    if layer is None or layer.out_features != len(names):
+        return None
+    weights = layer.weight.detach().float().cpu().reshape(-1, 28, 28)  # (C, 28, 28)
+    return Figure("images", TEMPLATES, {"images": weights.numpy(), "captions": list(names), "cmap": "signed"})
