@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from checks.report.sections import ACCURACY_CURVE, ANCHORS, CONFUSION, LOSS_CURVES, MISTAKES, TEMPLATES
 from checks.result import Figure
 
 if TYPE_CHECKING:
@@ -36,14 +37,6 @@ LOGREG_FASHION = {"name": "logistic regression (Xiao et al. 2017)", "accuracy": 
                   "source": "Xiao, Rasul, Vollgraf 2017, Fashion-MNIST benchmark, LogisticRegression on Fashion-MNIST"}
 PUBLISHED = {"mnist": [LECUN_LINEAR, LOGREG_MNIST], "sample": [LECUN_LINEAR, LOGREG_MNIST],
              "fashion-mnist": [LOGREG_FASHION]}
-
-# Figure titles double as keys: the report places notes and tables next to the figure they explain.
-LOSS_CURVES = "Learning curves: loss per epoch"
-ACCURACY_CURVE = "Learning curves: validation accuracy per epoch"
-CONFUSION = "Confusion matrix on test (rows: true class, columns: predicted)"
-TEMPLATES = "Weight templates: each class's row of W as 28x28 (red raises its score, blue lowers it)"
-MISTAKES = "Most confidently wrong test images"
-ANCHORS = "Test accuracy against anchors"
 
 
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:

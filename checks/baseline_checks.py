@@ -1,0 +1,157 @@
+"""Stage `baselines`: "get dumb baselines" and "overfit one batch", with the pipeline's own step and optimizer."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from checks.result import CheckResult, Figure, Verdict
+from checks.sampling import accuracy_and_loss, first_batches, fresh_model, short_training
+from recipe.pipeline import Pipeline
+
+STAGE = "baselines"
+
+
+def input_independent_baseline(pipeline: Pipeline, steps: int = 300, min_gain: float = 0.1,
+                               max_zero_gain: float = 0.15) -> CheckResult:
+    """Train twice for the same short budget: on the real inputs and on all-zero inputs.
+
+    The real inputs must be clearly better on val. The zero-input model should land near the
+    majority-class accuracy; far above it means labels reach the model some other way.
+    """
+    real_model, _ = short_training(pipeline, steps)
+    zero_model, _ = short_training(pipeline, steps, zero_inputs=True)
+    real_acc, real_loss = accuracy_and_loss(pipeline, real_model, "val")
+    zero_acc, zero_loss = accuracy_and_loss(pipeline, zero_model, "val", zero_inputs=True)
+    counts = torch.bincount(pipeline.data.val.labels, minlength=pipeline.num_classes)
+    majority = (counts.max() / counts.sum()).item()
+    gain = real_acc - zero_acc
+    figure = Figure("bars", "val after the same short training", {
+        "categories": ["accuracy", "cross-entropy"],
+        "series": {"real inputs": [real_acc, real_loss], "zero inputs": [zero_acc, zero_loss]}})
+    details = {"real_accuracy": real_acc, "zero_accuracy": zero_acc, "real_loss": real_loss, "zero_loss": zero_loss,
+               "majority_accuracy": majority, "steps": steps}
+    if zero_acc > majority + max_zero_gain:
+        return CheckResult("input_independent_baseline", STAGE, Verdict.FAIL, zero_acc, majority + max_zero_gain, "<=",
+                           f"with all-zero inputs the model still reaches {zero_acc:.4f} val accuracy (majority class: "
+                           f"{majority:.4f}): labels reach the model through something other than the pixels "
+                           "(a target leak in the model, the loader or the loss).", figures=[figure], details=details)
+    if gain < min_gain or not real_loss < zero_loss:
+        return CheckResult("input_independent_baseline", STAGE, Verdict.FAIL, gain, min_gain, ">=",
+                           f"real inputs are no better than zero inputs after {steps} steps: val accuracy {real_acc:.4f} "
+                           f"vs {zero_acc:.4f} (need +{min_gain}), loss {real_loss:.4f} vs {zero_loss:.4f}. The model "
+                           "does not learn from the pixels: the learning rate is far too low or too high, gradients do "
+                           "not reach the weights (frozen/detached layer), the loss is wrong (sign, MSE on class "
+                           "indices), or the inputs are garbage.", figures=[figure], details=details)
+    return CheckResult("input_independent_baseline", STAGE, Verdict.PASS, gain, min_gain, ">=",
+                       f"after {steps} steps real inputs reach {real_acc:.4f} val accuracy (loss {real_loss:.4f}); zero "
+                       f"inputs reach {zero_acc:.4f} (loss {zero_loss:.4f}), near the majority class {majority:.4f}.",
+                       figures=[figure], details=details)
+
+
+def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int = 300,
+                      loss_threshold: float = 0.05) -> CheckResult:
+    """One fixed small batch, augmentation off, the pipeline's own step and optimizer: the loss must
+    fall below `loss_threshold` and the batch accuracy reach 100% within `max_steps`.
+
+    A failure tells divergence (loss up or NaN: lr too high, sign error) from a plateau (lr too low,
+    gradients not flowing, a capacity- or label-breaking bug).
+    """
+    batch = first_batches(pipeline, "train", 1)[0]
+    x, y = batch.x[:batch_size], batch.y[:batch_size]
+    model = fresh_model(pipeline)
+    optimizer = pipeline.make_optimizer(model.parameters())
+    losses = []
+    for _ in range(max_steps):
+        losses.append(float(pipeline.train_step(model, optimizer, pipeline.loss_fn, x, y)))
+        if not math.isfinite(losses[-1]) or losses[-1] < loss_threshold:
+            break
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    predicted = logits.argmax(1)
+    accuracy = (predicted == y).float().mean().item()
+    final = losses[-1]
+    names = pipeline.data.class_names
+    figures = [Figure("lines", f"loss on one batch of {len(y)}", {"series": {"loss": losses}, "xlabel": "step",
+                                                                 "ylabel": "loss", "hline": loss_threshold}),
+               Figure("matrix", "prediction vs label on the batch", {
+                   "values": torch.nn.functional.one_hot(predicted.clamp(0, len(names) - 1), len(names)).T.cpu().numpy(),
+                   "rows": list(names), "cols": [names[int(c)] for c in y.tolist()], "ylabel": "predicted",
+                   "xlabel": "true label of each example"})]
+    details = {"steps": len(losses), "final_loss": final, "batch_accuracy": accuracy, "first_loss": losses[0]}
+    if final < 0 or min(losses) < 0:
+        cause = (f"the loss went negative ({min(losses):.3g}): a cross-entropy cannot be negative, so the loss has the "
+                 "wrong sign (the optimizer is maximising it)")
+    elif not math.isfinite(final) or final > 2 * losses[0]:
+        cause = (f"the loss diverged ({losses[0]:.3f} -> {final:.3g}): learning rate too high, or the loss has the "
+                 "wrong sign")
+    elif final >= loss_threshold:
+        cause = (f"the loss plateaued at {final:.4f} after {len(losses)} steps (from {losses[0]:.4f}): learning rate "
+                 "too low, gradients not flowing (frozen/detached layer, clipped loss), a loss that can't reach 0 "
+                 "(MSE on class indices, softmax before cross-entropy), or labels that don't match the inputs")
+    elif accuracy < 1.0:
+        cause = (f"the loss reached {final:.4f} but only {accuracy:.0%} of the batch is predicted right: the loss "
+                 "does not measure classification (wrong target encoding or wrong loss)")
+    else:
+        return CheckResult("overfit_one_batch", STAGE, Verdict.PASS, final, loss_threshold, "<",
+                           f"memorised a batch of {len(y)} in {len(losses)} steps: loss {final:.4f} < {loss_threshold}, "
+                           "accuracy 100%.", figures=figures, details=details)
+    return CheckResult("overfit_one_batch", STAGE, Verdict.FAIL, final, loss_threshold, "<",
+                       f"could not overfit one batch of {len(y)} in {max_steps} steps: {cause}.",
+                       figures=figures, details=details)
+
+
+def training_loss_decreases(pipeline: Pipeline, steps: int = 200, window: int = 20,
+                            min_drop: float = 0.2) -> CheckResult:
+    """Over a short run the mean loss of the last window is clearly below the first window's."""
+    _, losses = short_training(pipeline, steps)
+    first = sum(losses[:window]) / window
+    last = sum(losses[-window:]) / window
+    drop = (first - last) / abs(first) if first != 0 and math.isfinite(first) and math.isfinite(last) else -math.inf
+    figure = Figure("lines", f"training loss, first {steps} steps", {"series": {"loss": losses}, "xlabel": "step",
+                                                                     "ylabel": "loss"})
+    ok = (f"the mean loss fell from {first:.4f} (first {window} steps) to {last:.4f} (last {window}): "
+          f"-{drop:.0%} (need -{min_drop:.0%}).")
+    if last < 0:
+        why = "the loss went negative: it has the wrong sign"
+    elif not math.isfinite(last) or last > first:
+        why = "the loss went up or to NaN: the learning rate is too high, or the loss has the wrong sign"
+    else:
+        why = ("it barely moved: the learning rate is too low, gradients don't reach the weights, or the loss is "
+               "clipped/saturated")
+    fail = (f"the mean loss went from {first:.4f} (first {window} steps) to {last:.4f} (last {window}) over {steps} "
+            f"steps; a {min_drop:.0%} drop was expected: {why}.")
+    passed = math.isfinite(drop) and drop >= min_drop and last >= 0
+    return CheckResult("training_loss_decreases", STAGE, Verdict.PASS if passed else Verdict.FAIL,
+                       drop if math.isfinite(drop) else None, min_drop, ">=", ok if passed else fail,
+                       figures=[figure], details={"first_window": first, "last_window": last})
+
+
+def prediction_dynamics(pipeline: Pipeline, steps: int = 200, n_examples: int = 16, snapshots: int = 10) -> CheckResult:
+    """Report only: predictions on a fixed val batch across a short run (Karpathy's "visualize
+    prediction dynamics"). Jittery or frozen predictions show a learning rate problem at a glance."""
+    batch = first_batches(pipeline, "val", 1, shuffle=False)[0]
+    x, y = batch.x[:n_examples], batch.y[:n_examples]
+    every = max(steps // snapshots, 1)
+    rows = []
+
+    def record(step: int, model) -> None:
+        if step % every == 0:
+            model.eval()
+            with torch.no_grad():
+                probabilities = torch.softmax(model(x).float(), 1)
+            model.train()
+            rows.append(probabilities[torch.arange(len(y)), y].cpu())
+
+    short_training(pipeline, steps, record=record)
+    values = torch.stack(rows).T  # (examples, snapshots): probability of the true class
+    names = pipeline.data.class_names
+    figure = Figure("matrix", "probability of the true class on fixed val examples, across training", {
+        "values": values.numpy(), "rows": [f"#{i} {names[int(c)]}" for i, c in enumerate(y.tolist())],
+        "cols": [str(every * (k + 1)) for k in range(len(rows))], "xlabel": "step", "ylabel": "example"})
+    final = values[:, -1].mean().item()
+    return CheckResult("prediction_dynamics", STAGE, Verdict.PASS, final, None, "",
+                       f"mean probability of the true class on {len(y)} fixed val examples after {steps} steps: "
+                       f"{final:.3f}. Read the figure: rows should warm up steadily; flickering means the learning "
+                       "rate is too high, rows that never change mean it is too low.", figures=[figure])

@@ -1,0 +1,255 @@
+"""Stage `data`: "become one with the data". One pure function per check: pipeline in, result out."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from checks.result import CheckResult, Figure, Verdict, measured
+from checks.sampling import stacked
+from recipe.pipeline import Pipeline
+
+STAGE = "data"
+SPLITS = ("train", "val", "test")
+
+
+def integrity(pipeline: Pipeline) -> CheckResult:
+    """Shapes, dtypes, NaN/Inf, raw range, labels in [0, C), non-empty splits, same label set everywhere.
+
+    Catches: truncated or mis-parsed files, NaN/Inf pixels, labels out of range, a class missing
+    from one split (e.g. filtered away by mistake).
+    """
+    problems, rows = [], []
+    num_classes = pipeline.num_classes
+    label_sets = {}
+    for name in SPLITS:
+        split = pipeline.data.split(name)
+        images, labels = split.images, split.labels
+        row = {"split": name, "examples": len(labels), "shape": list(images.shape), "dtype": str(images.dtype)}
+        if len(labels) == 0 or images.numel() == 0:
+            problems.append(f"the {name} split is empty")
+            rows.append(row)
+            continue
+        if len(images) != len(labels):
+            problems.append(f"{name}: {len(images)} images but {len(labels)} labels")
+        pixels = images.float()
+        bad = (~torch.isfinite(pixels)).sum().item()
+        finite = pixels[torch.isfinite(pixels)]
+        row.update({"min": finite.min().item() if finite.numel() else None,
+                    "max": finite.max().item() if finite.numel() else None, "nan_or_inf": bad})
+        if bad:
+            problems.append(f"{name}: {bad} NaN/Inf pixel values")
+        if finite.numel() and (finite.min() < 0 or finite.max() > 255):
+            problems.append(f"{name}: raw pixels span {finite.min().item():g}..{finite.max().item():g}, outside 0..255")
+        if labels.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
+            problems.append(f"{name}: labels have dtype {labels.dtype}, expected an integer type")
+        out_of_range = ((labels < 0) | (labels >= num_classes)).sum().item()
+        if out_of_range:
+            problems.append(f"{name}: {out_of_range} labels outside [0, {num_classes})")
+        label_sets[name] = set(torch.unique(labels).tolist())
+        row["classes_present"] = len(label_sets[name])
+        rows.append(row)
+    expected = set(range(num_classes))
+    for name, present in label_sets.items():
+        missing = sorted(expected - present)
+        if missing:
+            names = [pipeline.data.class_names[c] for c in missing if 0 <= c < num_classes]
+            problems.append(f"class {', '.join(map(str, names))} is missing from the {name} split")
+    message = ("all splits are non-empty, finite, in range 0..255, with labels in [0, C) and every class in "
+               "every split" if not problems else
+               "data integrity problems: " + "; ".join(problems) +
+               ". Likely causes: a truncated or mis-parsed file, a filter that dropped a class, labels "
+               "shifted or encoded differently (1-based?), NaNs from a bad conversion.")
+    return CheckResult("integrity", STAGE, Verdict.FAIL if problems else Verdict.PASS, float(len(problems)),
+                       0.0, "==", message, details={"splits": rows})
+
+
+def class_balance(pipeline: Pipeline, max_ratio: float = 10.0) -> CheckResult:
+    """Per-class counts per split, the majority class and what always predicting it scores."""
+    names = pipeline.data.class_names
+    counts = {s: torch.bincount(pipeline.data.split(s).labels.clamp(0, len(names) - 1),
+                                minlength=len(names)).tolist() for s in SPLITS}
+    train = counts["train"]
+    majority = max(range(len(names)), key=lambda c: train[c])
+    test_total = max(sum(counts["test"]), 1)
+    baseline = counts["test"][majority] / test_total
+    ratio = max(train) / max(min(train), 1)
+    table = [{"class": names[c], **{s: counts[s][c] for s in SPLITS}} for c in range(len(names))]
+    figure = Figure("bars", "examples per class", {"categories": list(names), "series": counts, "ylabel": "examples"})
+    ok = (f"train is balanced (largest/smallest class = {ratio:.2f}). Majority class '{names[majority]}' "
+          f"({train[majority]} train examples): always predicting it scores {baseline:.4f} on test, the floor "
+          "every model must beat.")
+    warn = (f"train is imbalanced: the largest class has {ratio:.1f}x the examples of the smallest (limit "
+            f"{max_ratio:g}). Always predicting '{names[majority]}' scores {baseline:.4f} on test. Accuracy "
+            "will flatter the model: look at per-class accuracy, or re-weight / re-sample.")
+    return measured("class_balance", STAGE, ratio, max_ratio, "<=", ok, warn, warn=True,
+                    figures=[figure], details={"per_class": table, "majority_class": names[majority],
+                                               "majority_baseline_test_accuracy": baseline})
+
+
+def _image_hashes(images: torch.Tensor) -> list[int]:
+    flat = images.reshape(len(images), -1).cpu().contiguous().numpy()
+    return [hash(row.tobytes()) for row in flat]
+
+
+def duplicates_and_leakage(pipeline: Pipeline, max_leak_fraction: float = 0.001) -> CheckResult:
+    """Exact duplicate images within each split and across splits, found by hashing the raw bytes.
+
+    Catches: test (or val) images leaked into train, which makes every held-out number a lie.
+    """
+    hashes = {s: _image_hashes(pipeline.data.split(s).images) for s in SPLITS}
+    within = {s: len(h) - len(set(h)) for s, h in hashes.items()}
+    train = set(hashes["train"])
+    leaked = {s: sum(h in train for h in hashes[s]) for s in ("val", "test")}
+    val_test = len(set(hashes["val"]) & set(hashes["test"]))
+    fractions = {s: leaked[s] / max(len(hashes[s]), 1) for s in leaked}
+    worst = max(fractions.values())
+    details = {"duplicates_within": within, "found_in_train": leaked, "shared_val_test": val_test}
+    ok = (f"no held-out image appears in train ({leaked['val']} val, {leaked['test']} test images found in train; "
+          f"duplicates within splits: {within}).")
+    fail = (f"leakage: {leaked['test']} test images ({fractions['test']:.2%}) and {leaked['val']} val images "
+            f"({fractions['val']:.2%}) are exact copies of train images (limit {max_leak_fraction:.1%}). Test "
+            "images leaked into train: held-out accuracy will be inflated. Likely cause: the splits were built "
+            "from overlapping sources (train concatenated with test, or a re-split without de-duplication).")
+    return measured("duplicates_and_leakage", STAGE, worst, max_leak_fraction, "<=", ok, fail, details=details)
+
+
+def _effective_norm(pipeline: Pipeline, n_examples: int = 256) -> tuple[float, float, float]:
+    """Fit x_seen = (pixels - mean) / std on real batches: returns (mean, std, max fit error).
+
+    Reads the stats the batches *actually* use, whatever `pipeline.norm` declares.
+    """
+    x, _, idx = stacked(pipeline, "train", n_examples, shuffle=False)
+    pixels = pipeline.data.train.images[idx].float().reshape(len(idx), -1) / 255.0
+    seen = x.reshape(len(idx), -1).float()
+    if seen.shape != pixels.shape:
+        return math.nan, math.nan, math.inf
+    p, s = pixels.flatten().double(), seen.flatten().double()
+    slope = ((p - p.mean()) * (s - s.mean())).sum() / ((p - p.mean()) ** 2).sum()
+    intercept = s.mean() - slope * p.mean()
+    error = (s - (slope * p + intercept)).abs().max().item()
+    std = (1.0 / slope).item()
+    return (-intercept * std).item(), std, error
+
+
+def normalisation_stats_source(pipeline: Pipeline, exact: float = 1e-4) -> CheckResult:
+    """The normalisation stats must come from the train split, never from val or test.
+
+    Reads the mean/std the batches actually apply and compares them with each split's own stats.
+    Stats computed on a split match it to float precision, which rounded published constants don't.
+    """
+    mean, std, fit_error = _effective_norm(pipeline)
+    if not math.isfinite(mean) or fit_error > 0.05:
+        return CheckResult("normalisation_stats_source", STAGE, Verdict.PASS, None, None, "",
+                           "the batches are not an affine map of the raw pixels (augmentation or a learned "
+                           "preprocessing?), so the stats they use cannot be read off; nothing to compare.")
+    distances = {}
+    for name in SPLITS:
+        pixels = pipeline.data.split(name).images.float() / 255.0
+        m, s = pixels.mean().item(), pixels.std().item()
+        distances[name] = abs(mean - m) / s + abs(std - s) / s
+    closest = min(distances, key=distances.get)
+    details = {"applied_mean": mean, "applied_std": std, "distance_to_split_stats": distances}
+    if closest != "train" and distances[closest] < exact and distances[closest] < distances["train"]:
+        return CheckResult("normalisation_stats_source", STAGE, Verdict.FAIL, distances[closest], exact, "<",
+                           f"the batches are normalised with mean {mean:.5f}, std {std:.5f}: exactly the {closest} "
+                           f"split's stats (distance {distances[closest]:.1e}), not train's (distance "
+                           f"{distances['train']:.1e}). Normalisation stats computed on the {closest} set leak it "
+                           "into preprocessing: compute mean/std on the train split only.", details=details)
+    ok = (f"the batches use mean {mean:.5f}, std {std:.5f}; nearest to the {closest} split's stats "
+          f"(relative distance {distances[closest]:.1e}) and not an exact copy of val or test stats.")
+    return CheckResult("normalisation_stats_source", STAGE, Verdict.PASS, distances[closest], exact, ">=",
+                       ok, details=details)
+
+
+def input_normalisation(pipeline: Pipeline, std_range: tuple[float, float] = (0.5, 2.0),
+                        max_abs_mean: float = 1.0, n_examples: int = 1024) -> CheckResult:
+    """Mean and std of the normalised train batches, exactly what the net is fed.
+
+    Catches: inputs never normalised (0..255), normalised twice, or with the wrong stats.
+    """
+    x, _, _ = stacked(pipeline, "train", n_examples)
+    x = x.float()
+    mean, std, top = x.mean().item(), x.std().item(), x.abs().max().item()
+    low, high = std_range
+    details = {"mean": mean, "std": std, "max_abs": top}
+    figure = Figure("histogram", "values the net sees (normalised train batch)",
+                    {"values": x.flatten()[:200_000].cpu().numpy(), "xlabel": "input value"})
+    if top > 50:
+        why = (f"inputs look un-normalized (max {top:.1f}): did you forget ToTensor/Normalize? The net sees raw "
+               "0..255 pixels, so the logits and gradients are ~255x too large.")
+    elif std > high:
+        why = (f"inputs have std {std:.3f} (expected about 1, allowed {low}..{high}) and mean {mean:.3f}: normalised "
+               "twice, or divided by the wrong std. Apply Normalize(mean, std) once, with train-split stats.")
+    elif std < low:
+        why = (f"inputs have std {std:.3f} (expected about 1, allowed {low}..{high}) and range up to {top:.2f}: "
+               "scaled but not standardised (ToTensor without Normalize?) or normalised with the wrong stats.")
+    elif abs(mean) > max_abs_mean:
+        why = (f"inputs have mean {mean:.3f} (expected about 0, allowed |mean| <= {max_abs_mean}): the mean was "
+               "not subtracted, or subtracted with the wrong stats.")
+    else:
+        return CheckResult("input_normalisation", STAGE, Verdict.PASS, std, high, "<=",
+                           f"the net sees mean {mean:.3f}, std {std:.3f}, max |x| {top:.2f}: standardised.",
+                           figures=[figure], details=details)
+    return CheckResult("input_normalisation", STAGE, Verdict.FAIL, std, high, "<=", why,
+                       figures=[figure], details=details)
+
+
+def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_examples: int = 2048) -> CheckResult:
+    """No single input feature may predict the label almost perfectly ("the target leaks into the input").
+
+    For each feature of the batches the net sees, the correlation ratio eta^2 = between-class
+    variance / total variance says how much of it the label explains. On real images no single
+    pixel comes close to 1; a pixel that encodes the label does.
+    """
+    x, y, _ = stacked(pipeline, "train", n_examples)
+    features = x.reshape(len(x), -1).double()
+    total = features.var(dim=0, unbiased=False)
+    class_means = torch.zeros(pipeline.num_classes, features.shape[1], dtype=torch.float64, device=features.device)
+    class_means.index_add_(0, y, features)
+    counts = torch.bincount(y, minlength=pipeline.num_classes).clamp(min=1).to(features)
+    class_means /= counts[:, None]
+    between = ((class_means - features.mean(0)) ** 2 * counts[:, None]).sum(0) / len(y)
+    eta2 = torch.where(total > 1e-12, between / total, torch.zeros_like(total))
+    best = int(eta2.argmax())
+    value = eta2[best].item()
+    where = f"feature {best}"
+    if features.shape[1] == 28 * 28:
+        where = f"pixel (row {best // 28}, col {best % 28})"
+    ok = (f"no single input feature explains the label: the most informative, {where}, explains "
+          f"{value:.1%} of its variance by class (limit {max_single_feature_r2:.0%}).")
+    fail = (f"the target leaks into the input: {where} alone explains {value:.1%} of its variance by the label "
+            f"(limit {max_single_feature_r2:.0%}). A label (or something derived from it) is written into the "
+            "inputs, e.g. an index/ID column or a marker pixel; the model will learn the shortcut.")
+    return measured("target_leak", STAGE, value, max_single_feature_r2, "<=", ok, fail,
+                    details={"feature": best, "eta_squared": value})
+
+
+def data_overview(pipeline: Pipeline, per_class: int = 8) -> CheckResult:
+    """Figures only: samples per class, the mean image per class, and the raw pixel histogram.
+
+    These answer the lab's "which features help you recognise a digit?": the mean images show
+    where each class puts its ink.
+    """
+    train = pipeline.data.train
+    names = pipeline.data.class_names
+    grid, captions, means = [], [], []
+    for c in range(len(names)):
+        members = torch.nonzero(train.labels == c).flatten()
+        if len(members) == 0:
+            continue
+        grid.extend(train.images[members[:per_class]].cpu())
+        captions.extend([names[c]] * min(per_class, len(members)))
+        means.append(train.images[members].float().mean(0).cpu())
+    pixels = train.images[:2000].flatten().float().cpu().numpy()
+    figures = [
+        Figure("images", f"{per_class} training examples per class", {"images": torch.stack(grid).numpy(),
+                                                                      "captions": captions, "ncols": per_class}),
+        Figure("images", "mean image per class", {"images": torch.stack(means).numpy(), "captions": list(names)}),
+        Figure("histogram", "raw pixel values (2,000 train images)", {"values": pixels, "bins": 64,
+                                                                        "xlabel": "pixel value"}),
+    ]
+    return CheckResult("data_overview", STAGE, Verdict.PASS, float(len(train)), None, "",
+                       f"{len(train)} train / {len(pipeline.data.val)} val / {len(pipeline.data.test)} test images "
+                       f"of {tuple(train.images.shape[1:])}, {len(names)} classes. Look at the samples and the "
+                       "class means: they show which strokes tell the classes apart.", figures=figures)

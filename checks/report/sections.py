@@ -1,0 +1,46 @@
+"""The training section's figure titles and what each one tells a learner.
+
+Kept free of torch and matplotlib so `recipe report` (which only re-renders stored files) imports
+fast. The titles double as keys: the page puts each note, and the matching table, next to its
+figure.
+"""
+from __future__ import annotations
+
+TRAINING = "training"  # the figures.json key of the training section
+
+LOSS_CURVES = "Learning curves: loss per epoch"
+ACCURACY_CURVE = "Learning curves: validation accuracy per epoch"
+CONFUSION = "Confusion matrix on test (rows: true class, columns: predicted)"
+TEMPLATES = "Weight templates: each class's row of W as 28x28 (red raises its score, blue lowers it)"
+MISTAKES = "Most confidently wrong test images"
+ANCHORS = "Test accuracy against anchors"
+
+NOTES = {
+    LOSS_CURVES: (
+        "How the weights were optimised: each step moves W and b against the gradient of the "
+        "cross-entropy. Both curves should fall below the dashed ln(C) line (the loss of a model that "
+        "knows nothing) and then flatten. Train loss is averaged over the epoch while the weights were "
+        "still moving, so in epoch 1 it can sit above val loss. Val loss rising while train loss "
+        "falls means overfitting."),
+    ACCURACY_CURVE: (
+        "Accuracy on the validation split after each epoch. Use it (never test) to choose epochs, "
+        "learning rate and the other settings."),
+    CONFUSION: (
+        "Each row is a true class, each column the model's prediction; the diagonal is correct. "
+        "Large off-diagonal cells show which classes a linear model cannot tell apart (for digits, "
+        "typically 4/9, 3/5/8 and 7/9): shapes that overlap pixel by pixel."),
+    TEMPLATES: (
+        "These are the weights. A linear classifier scores class c as <w_c, x> + b_c: one template "
+        "per class, matched pixel by pixel against the (normalised) image. Red pixels add to the "
+        "class score when they are ink, blue ones subtract. One template per class is all a linear "
+        "model has, so it cannot cope with a class written in several very different ways, or "
+        "shifted and rotated: that is the limit of its suitability."),
+    MISTAKES: (
+        "The model's output is C logits; softmax turns them into probabilities that sum to 1 and the "
+        "prediction is the largest. These test images got a wrong prediction with the highest "
+        "probability. Some are genuinely ambiguous or mislabelled; the rest show what the "
+        "templates miss."),
+    ANCHORS: (
+        "Put the number in context: chance (1/C) and always-the-majority-class are what a broken "
+        "model scores; published linear models show what this model family can reach."),
+}

@@ -1,0 +1,371 @@
+"""Stage `skeleton`: "set up the end-to-end skeleton + get dumb baselines" (the plumbing half)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from checks.result import CheckResult, Figure, Verdict, measured
+from checks.sampling import (capture_model_input, denormalise, first_batches, fresh_model, generator,
+                             short_training, stacked)
+from recipe.pipeline import Pipeline
+
+STAGE = "skeleton"
+
+
+def determinism(pipeline: Pipeline, steps: int = 20) -> CheckResult:
+    """Two runs with the same seed must give identical losses for the first `steps` steps."""
+    _, first = short_training(pipeline, steps)
+    _, second = short_training(pipeline, steps)
+    differing = [i for i, (a, b) in enumerate(zip(first, second)) if not (a == b or (math.isnan(a) and math.isnan(b)))]
+    ok = f"two runs with seed {pipeline.config.seed} gave identical losses for all {steps} steps."
+    fail = (f"two runs with the same seed diverge at step {differing[0] + 1 if differing else '?'} "
+            f"({len(differing)} of {steps} losses differ). Something is not seeded: an unseeded RNG in the "
+            "loader or augmentation, a model built outside the seeded factory, or non-deterministic kernels.")
+    figure = Figure("lines", "loss per step, two runs with the same seed", {"series": {"run 1": first, "run 2": second},
+                                                                            "xlabel": "step", "ylabel": "loss"})
+    return measured("determinism", STAGE, float(len(differing)), 0.0, "==", ok, fail, figures=[figure])
+
+
+def what_goes_into_the_net(pipeline: Pipeline) -> CheckResult:
+    """Capture the exact tensor `model(x)` receives during a real training step and show it.
+
+    FAIL on NaN/Inf, a constant batch (every example identical, or no variation at all), or values
+    that were never normalised.
+    """
+    x, y, _ = capture_model_input(pipeline)
+    xf = x.float()
+    finite = torch.isfinite(xf)
+    stats = {"shape": list(x.shape), "dtype": str(x.dtype), "device": str(x.device),
+             "min": xf[finite].min().item() if finite.any() else math.nan,
+             "max": xf[finite].max().item() if finite.any() else math.nan,
+             "mean": xf[finite].mean().item() if finite.any() else math.nan,
+             "std": xf[finite].std().item() if finite.sum() > 1 else math.nan,
+             "nan_or_inf": int((~finite).sum())}
+    spread = xf.reshape(len(xf), -1).std(dim=0).mean().item() if len(xf) > 1 else math.nan
+    names = pipeline.data.class_names
+    captions = [names[int(c)] if 0 <= int(c) < len(names) else str(int(c)) for c in y[:32].tolist()]
+    figures = []
+    if x[0].numel() == pipeline.data.train.images[0].numel():
+        figures = [
+            Figure("images", "what the net sees: the model's input (as given)",
+                   {"images": xf[:32].reshape(-1, *pipeline.data.train.images.shape[1:]).cpu().numpy(),
+                    "captions": captions, "cmap": "signed"}),
+            Figure("images", "the same batch de-normalised to pixels",
+                   {"images": denormalise(pipeline, xf[:32]).clamp(0, 1).cpu().numpy(), "captions": captions}),
+        ]
+    problems = []
+    if stats["nan_or_inf"]:
+        problems.append(f"{stats['nan_or_inf']} NaN/Inf values reach the model: check the data conversion and "
+                        "any division in preprocessing")
+    if not (spread > 1e-6):
+        problems.append("the batch is constant across examples (every input identical): the loader or a "
+                        "transform is overwriting the images")
+    if stats["max"] > 50:
+        problems.append(f"inputs look un-normalized (max {stats['max']:.1f}): did you forget ToTensor/Normalize?")
+    table = [{"statistic": k, "value": v} for k, v in stats.items()]
+    message = (f"the model receives {tuple(x.shape)} {x.dtype} on {x.device}, range {stats['min']:.3f}..{stats['max']:.3f}, "
+               f"mean {stats['mean']:.3f}, std {stats['std']:.3f}. Look at the figure: do the images look like "
+               "their labels?" if not problems else "; ".join(problems) + ".")
+    return CheckResult("what_goes_into_the_net", STAGE, Verdict.FAIL if problems else Verdict.PASS,
+                       float(len(problems)), 0.0, "==", message, figures=figures, details={"input_stats": table})
+
+
+def label_pairing(pipeline: Pipeline, n_batches: int = 20, pixel_tolerance: float = 0.5 / 255) -> CheckResult:
+    """Every (x, y) that reaches the model equals the source item at that example's index.
+
+    Catches labels shuffled apart from the images, off-by-one indexing, and pixels changed on the way
+    (an extra transform, normalised twice, something written into the image).
+    """
+    batches = first_batches(pipeline, "train", n_batches)
+    source = pipeline.data.train
+    label_bad = pixel_bad = total = shifted = 0
+    for batch in batches:
+        labels = source.labels[batch.idx]
+        label_bad += (batch.y != labels).sum().item()
+        neighbours = source.labels[(batch.idx + 1) % len(source)], source.labels[(batch.idx - 1) % len(source)]
+        shifted += max((batch.y == n).sum().item() for n in neighbours)
+        pixels = source.images[batch.idx].float() / 255.0
+        seen = denormalise(pipeline, batch.x.float()) if batch.x.numel() == pixels.numel() else None
+        if seen is None:
+            pixel_bad += len(batch.y)
+        else:
+            pixel_bad += ((seen - pixels).abs().flatten(1).amax(1) > pixel_tolerance).sum().item()
+        total += len(batch.y)
+    bad = max(label_bad, pixel_bad)
+    details = {"examples": total, "label_mismatches": label_bad, "pixel_mismatches": pixel_bad}
+    if label_bad:
+        cause = ("labels are off by one: y matches the label of the neighbouring example"
+                 if shifted > 0.9 * total else "labels are shuffled apart from the images")
+        message = (f"{label_bad} of {total} labels differ from the source label at the example's index: {cause}. "
+                   "Index images and labels with the same permutation, in the same place.")
+    elif pixel_bad:
+        message = (f"{pixel_bad} of {total} inputs differ from the source image at their index after undoing the "
+                   f"declared normalisation (mean {pipeline.norm.mean:.4f}, std {pipeline.norm.std:.4f}): an extra "
+                   "transform, a second normalisation, or something written into the pixels.")
+    else:
+        message = f"all {total} (x, y) pairs in {len(batches)} batches match the source data at their indices."
+    return CheckResult("label_pairing", STAGE, Verdict.FAIL if bad else Verdict.PASS, float(bad), 0.0, "==",
+                       message, details=details)
+
+
+def batch_sampling(pipeline: Pipeline, min_mixing: float = 0.5) -> CheckResult:
+    """One training epoch visits every example exactly once, in shuffled, class-mixed batches.
+
+    Catches: a loader that returns the same batch every time, one that is never shuffled, or one
+    sorted by class (each batch a single class: the gradient swings from class to class).
+    """
+    labels = pipeline.data.train.labels
+    n, classes = len(labels), pipeline.num_classes
+    seen, distinct, sizes = [], [], []
+    for batch in pipeline.batches("train", shuffle=True, augment=False, generator=generator(pipeline)):
+        seen.append(batch.idx.cpu())
+        distinct.append(len(torch.unique(batch.y)))
+        sizes.append(len(batch.y))
+    order = torch.cat(seen)
+    coverage = len(torch.unique(order)) / n
+    positions = torch.arange(len(order), dtype=torch.float64)
+    rank_corr = torch.corrcoef(torch.stack([positions, order.double()]))[0, 1].item() if len(order) > 1 else 0.0
+    size = max(set(sizes), key=sizes.count)
+    counts = torch.bincount(labels, minlength=classes).double() / n
+    expected = (1 - (1 - counts) ** size).sum().item()  # distinct classes in a random batch of that size
+    mixing = sum(distinct) / len(distinct) / expected
+    problems = []
+    if coverage < 0.99 or len(order) > 1.01 * n:
+        problems.append(f"one epoch yields {len(order)} examples covering {coverage:.1%} of the {n} train examples: "
+                        "the loader returns the same batch every time or repeats/skips examples")
+    if abs(rank_corr) > 0.9:
+        problems.append(f"batches come in index order (correlation of position and index {rank_corr:.2f}): "
+                        "the loader is never shuffled")
+    if mixing < min_mixing:
+        problems.append(f"batches hold {sum(distinct) / len(distinct):.1f} distinct classes on average where a "
+                        f"shuffled batch of {size} holds {expected:.1f}: the data is sorted by class and not shuffled")
+    details = {"coverage": coverage, "index_order_correlation": rank_corr, "class_mixing": mixing}
+    message = (f"one epoch covers {coverage:.1%} of train once, in shuffled order (position/index correlation "
+               f"{rank_corr:.2f}), with {mixing:.0%} of the class mixing of random batches." if not problems
+               else "; ".join(problems) + ".")
+    value = min(coverage, mixing)
+    return CheckResult("batch_sampling", STAGE, Verdict.FAIL if problems else Verdict.PASS, value, min_mixing, ">=",
+                       message, details=details)
+
+
+def _reference_cnn(in_channels: int, num_classes: int) -> nn.Module:
+    """A small CNN: pooling makes it tolerant to the small shifts that label-preserving augmentations make."""
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 5, padding=2), nn.ReLU(), nn.AdaptiveMaxPool2d(7),
+                         nn.Flatten(), nn.Linear(16 * 49, num_classes))
+
+
+def augmentation_consistency(pipeline: Pipeline, min_class_ratio: float = 0.25, steps: int = 250,
+                             n_val: int = 1000) -> CheckResult:
+    """Augmentation must keep the class: a reference classifier trained on clean images should still
+    recognise the augmented ones, overall and for every class.
+
+    Catches: flips or large rotations of digits (6 <-> 9, mirrored 3), crops that cut the object away.
+    """
+    if pipeline.augment is None:
+        return CheckResult("augmentation_consistency", STAGE, Verdict.PASS, None, None, "",
+                           "augmentation off: nothing to check (the recipe's 'simplify' default).")
+    x_train, y_train, _ = stacked(pipeline, "train", 8000)
+    images = lambda x: x.float().reshape(len(x), -1, *pipeline.data.train.images.shape[-2:])
+    torch.manual_seed(pipeline.config.seed)
+    reference = _reference_cnn(images(x_train[:1]).shape[1], pipeline.num_classes).to(x_train.device)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=2e-3)
+    draw = generator(pipeline, 17)
+    for _ in range(steps):
+        pick = torch.randint(0, len(y_train), (64,), generator=draw).to(y_train.device)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(reference(images(x_train[pick])), y_train[pick]).backward()
+        optimizer.step()
+    clean, y, _ = stacked(pipeline, "val", n_val, shuffle=False)
+    torch.manual_seed(pipeline.config.seed + 1)
+    augmented, _, _ = stacked(pipeline, "val", n_val, shuffle=False, augment=True)
+    changed = (augmented.float() - clean.float()).flatten(1).abs().amax(1) > 1e-3
+    with torch.no_grad():
+        right_clean = reference(images(clean)).argmax(1) == y
+        right_aug = reference(images(augmented)).argmax(1) == y
+    names = pipeline.data.class_names
+    rows, ratios = [], []
+    for c in range(pipeline.num_classes):
+        mask = (y == c) & changed
+        if mask.sum() < 5:
+            continue
+        acc_clean = right_clean[mask].float().mean().item()
+        acc_aug = right_aug[mask].float().mean().item()
+        ratio = acc_aug / max(acc_clean, 1e-6)
+        ratios.append((ratio, names[c]))
+        rows.append({"class": names[c], "clean_accuracy": acc_clean, "augmented_accuracy": acc_aug, "ratio": ratio})
+    pairs = Figure("images", "clean / augmented pairs (val)", {
+        "images": torch.stack([denormalise(pipeline, clean[:8].float()), denormalise(pipeline, augmented[:8].float())],
+                              1).reshape(16, *pipeline.data.train.images.shape[1:]).clamp(0, 1).cpu().numpy(),
+        "captions": [f"{names[int(c)]} {kind}" for c in y[:8].tolist() for kind in ("clean", "aug")], "ncols": 8})
+    if not ratios:
+        return CheckResult("augmentation_consistency", STAGE, Verdict.PASS, None, None, "",
+                           "the augmentation changed (almost) no val image: it is effectively off.", figures=[pairs])
+    worst, worst_class = min(ratios)
+    overall = right_aug[changed].float().mean().item() / max(right_clean[changed].float().mean().item(), 1e-6)
+    ok = (f"augmented images keep their class: a reference CNN trained on clean images keeps {overall:.0%} of its "
+          f"accuracy on augmented val images; the worst class, '{worst_class}', keeps {worst:.0%} "
+          f"(limit {min_class_ratio:.0%}).")
+    fail = (f"the augmentation changes the class: on augmented val images a reference CNN trained on clean images "
+            f"keeps only {worst:.0%} of its accuracy on class '{worst_class}' (limit {min_class_ratio:.0%}; overall "
+            f"{overall:.0%}). A flip or large rotation turns some classes into others (6 <-> 9, mirrored 3) - use "
+            "label-preserving transforms: small shifts and rotations, no flips for digits.")
+    return measured("augmentation_consistency", STAGE, worst, min_class_ratio, ">=", ok, fail,
+                    figures=[pairs], details={"per_class": rows, "overall_ratio": overall})
+
+
+def output_sanity(pipeline: Pipeline) -> CheckResult:
+    """Output shape [B, C], finite values, and logits that are not already probabilities."""
+    batch = first_batches(pipeline, "train", 1)[0]
+    model = fresh_model(pipeline)
+    model.eval()
+    with torch.no_grad():
+        out = model(batch.x)
+    problems = []
+    expected = (len(batch.y), pipeline.num_classes)
+    if not isinstance(out, torch.Tensor):
+        problems.append(f"the model returns {type(out).__name__}, expected a tensor of logits {expected}")
+    else:
+        if tuple(out.shape) != expected:
+            problems.append(f"the model output has shape {tuple(out.shape)}, expected [B, C] = {list(expected)}")
+        if not out.is_floating_point():
+            problems.append(f"the model output has dtype {out.dtype}, expected floating point logits")
+        elif not torch.isfinite(out).all():
+            problems.append("the model output has NaN/Inf at init: check the init and any log/exp/division")
+        elif out.dim() == 2 and out.shape[1] > 1:
+            rows_sum = out.sum(1)
+            probabilities = (out.min() >= 0) & (out.max() <= 1) & torch.allclose(rows_sum, torch.ones_like(rows_sum), atol=1e-3)
+            log_probabilities = (out.max() <= 0) & torch.allclose(out.exp().sum(1), torch.ones_like(rows_sum), atol=1e-3)
+            if probabilities:
+                problems.append("the outputs are already probabilities (in [0, 1], rows sum to 1): a softmax sits "
+                                "before a cross-entropy that expects logits. Remove the softmax from the model")
+            elif log_probabilities and pipeline.loss_fn is nn.functional.cross_entropy:
+                problems.append("the outputs are log-probabilities (log_softmax) but the loss is cross_entropy, "
+                                "which applies log_softmax again: use nll_loss, or return logits")
+    message = (f"the model maps a batch of {len(batch.y)} to finite logits of shape {list(expected)}."
+               if not problems else "; ".join(problems) + ".")
+    return CheckResult("output_sanity", STAGE, Verdict.FAIL if problems else Verdict.PASS, float(len(problems)),
+                       0.0, "==", message)
+
+
+def loss_at_init(pipeline: Pipeline, tolerance: float = 0.05, max_examples: int = 5000) -> CheckResult:
+    """Karpathy's "verify loss @ init": the untrained model's loss on val should be ln(C)."""
+    model = fresh_model(pipeline)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in pipeline.batches("val", shuffle=False, augment=False):
+            total += pipeline.loss_fn(model(batch.x), batch.y).item() * len(batch.y)
+            count += len(batch.y)
+            if count >= max_examples:
+                break
+    loss = total / count
+    ideal = math.log(pipeline.num_classes)
+    prior = torch.bincount(pipeline.data.train.labels, minlength=pipeline.num_classes).double()
+    prior = prior[prior > 0] / prior.sum()
+    entropy = -(prior * prior.log()).sum().item()
+    gap = abs(loss - ideal) if math.isfinite(loss) else math.inf
+    ok = (f"loss at init {loss:.4f} vs ln({pipeline.num_classes}) = {ideal:.4f} (|diff| {gap:.4f} <= {tolerance}); "
+          f"the best input-independent loss is the class-prior entropy {entropy:.4f}.")
+    if loss < 0:
+        cause = "a negative loss: the loss has the wrong sign"
+    elif loss > ideal:
+        cause = ("the init is too confident: weights initialised too large (or a wrong init scale), "
+                 "or the logits are scaled up")
+    else:
+        cause = ("the loss is lower than chance before training: the model already knows something (leak?), the "
+                 "loss is not a cross-entropy over C classes (e.g. MSE), or a softmax sits before the loss")
+    fail = (f"loss at init is {loss:.4f}, but an untrained {pipeline.num_classes}-class model should score "
+            f"ln({pipeline.num_classes}) = {ideal:.4f} (tolerance {tolerance}; the class-prior entropy is {entropy:.4f}): "
+            f"{cause}.")
+    return measured("loss_at_init", STAGE, gap, tolerance, "<=", ok, fail,
+                    details={"loss": loss, "ideal": ideal, "prior_entropy": entropy})
+
+
+def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
+    """Backprop from one example's output: only that example's input may get a gradient.
+
+    Karpathy's "use backprop to chart dependencies". Catches a `view`/`reshape` where a
+    `permute`/`transpose` was needed, which mixes information across the batch. Normalisation
+    layers are put in eval mode first (batch norm legitimately mixes examples in train mode).
+    """
+    batch = first_batches(pipeline, "train", 1)[0]
+    model = fresh_model(pipeline)
+    model.eval()
+    for parameter in model.parameters():  # zero-initialised weights would hide every dependency
+        if parameter.dim() > 1 and parameter.abs().max() == 0:
+            with torch.no_grad():
+                parameter.normal_(0, 0.01)
+    x = batch.x.float().clone().requires_grad_(True)
+    out = model(x)
+    example = min(example, len(x) - 1)
+    out[example].sum().backward()
+    grads = x.grad.reshape(len(x), -1).abs().sum(1)
+    others = torch.cat([grads[:example], grads[example + 1:]])
+    leaked = (others > 1e-12 * max(grads[example].item(), 1e-30)).sum().item() if grads[example] > 0 else len(others)
+    own = grads[example].item()
+    if own == 0:
+        message = (f"example {example}'s output has no gradient with respect to its own input: the input is "
+                   "detached or unused (is the graph cut, or the input replaced?).")
+    elif leaked:
+        message = (f"example {example}'s output depends on {leaked} other examples of the batch: information is mixed "
+                   "across the batch, typically a view/reshape where a permute/transpose was needed.")
+    else:
+        message = f"example {example}'s output depends on its own input only (gradient on the other {len(others)} examples is 0)."
+    bad = leaked + (1 if own == 0 else 0)
+    return CheckResult("batch_independence", STAGE, Verdict.FAIL if bad else Verdict.PASS, float(leaked), 0.0, "==",
+                       message, details={"own_gradient_norm": own})
+
+
+def gradient_flow(pipeline: Pipeline) -> CheckResult:
+    """Every trainable parameter gets a finite, non-zero gradient and changes after one step;
+    and `zero_grad` is called: on the same batch, a second step's gradient is not the sum of two."""
+    batch = first_batches(pipeline, "train", 1)[0]
+    model = fresh_model(pipeline)
+    optimizer = pipeline.make_optimizer(model.parameters())
+    named = dict(model.named_parameters())
+    frozen = [n for n, p in named.items() if not p.requires_grad]
+    before = {n: p.detach().clone() for n, p in named.items()}
+    pipeline.train_step(model, optimizer, pipeline.loss_fn, batch.x, batch.y)
+    first_grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in named.items()}
+    no_grad = [n for n, g in first_grads.items() if n not in frozen and (g is None or g.abs().max() == 0)]
+    not_finite = [n for n, g in first_grads.items() if g is not None and not torch.isfinite(g).all()]
+    unchanged = [n for n, p in named.items() if n not in frozen and torch.equal(p.detach(), before[n])]
+    # Second step on the same batch from a fresh copy of the *updated* weights: its true gradient is
+    # what a fresh backward gives; a missing zero_grad makes p.grad that plus the first gradient.
+    expected = {}
+    probe = fresh_model(pipeline)
+    probe.load_state_dict(model.state_dict())
+    pipeline.loss_fn(probe(batch.x), batch.y).backward()
+    expected = {n: p.grad for n, p in probe.named_parameters()}
+    pipeline.train_step(model, optimizer, pipeline.loss_fn, batch.x, batch.y)
+    accumulated = []
+    for n, p in named.items():
+        g1, g_true = first_grads.get(n), expected.get(n)
+        if p.grad is None or g1 is None or g_true is None or g1.abs().max() == 0:
+            continue
+        if torch.allclose(p.grad, g_true + g1, rtol=1e-3, atol=1e-7) and not torch.allclose(p.grad, g_true, rtol=1e-3, atol=1e-7):
+            accumulated.append(n)
+    problems = []
+    if frozen:
+        problems.append(f"frozen parameters (requires_grad=False): {', '.join(frozen)}; a layer that never trains")
+    if no_grad:
+        problems.append(f"no gradient reaches {', '.join(no_grad)}: the graph is cut (detach, .data, no_grad, "
+                        "or a non-differentiable op) or the loss does not depend on it")
+    if not_finite:
+        problems.append(f"NaN/Inf gradients in {', '.join(not_finite)}")
+    if unchanged and not no_grad:
+        problems.append(f"{', '.join(unchanged)} did not change after a step: the optimizer does not hold these "
+                        "parameters, or its learning rate is 0")
+    if accumulated:
+        problems.append(f"gradients accumulate across steps in {', '.join(accumulated)}: zero_grad is never called, "
+                        "so each step uses the sum of all past gradients")
+    total = len(named)
+    message = (f"all {total} parameter tensors get finite, non-zero gradients, change after a step, and gradients "
+               "are reset between steps." if not problems else "; ".join(problems) + ".")
+    bad = len(set(frozen + no_grad + not_finite + unchanged + accumulated))
+    return CheckResult("gradient_flow", STAGE, Verdict.FAIL if problems else Verdict.PASS, float(bad), 0.0, "==",
+                       message, details={"parameters": total, "frozen": frozen, "no_gradient": no_grad,
+                                         "unchanged": unchanged, "accumulating": accumulated})
