@@ -226,6 +226,7 @@ def render_html(record: dict, figures: Mapping[str, list[dict]], notice: str | N
         "counts": _counts(checks),
         "figures": figures,
         "training_figures": figures.get(sections.TRAINING, []),
+        "by_title": {f.get("title"): f for f in figures.get(sections.TRAINING, [])},
         "other_figures": {k: v for k, v in figures.items() if k not in named},
         "sections": sections,
         "notice": notice,

@@ -44,3 +44,12 @@ NOTES = {
         "Put the number in context: chance (1/C) and always-the-majority-class are what a broken "
         "model scores; published linear models show what this model family can reach."),
 }
+
+# The lab handout's questions each figure helps answer.
+LAB_QUESTIONS = {
+    ANCHORS: "What is the suitability of a linear network for hand-written digits?",
+    LOSS_CURVES: "How do you optimize model weights to perform better?",
+    CONFUSION: "What is the suitability of a linear network for hand-written digits?",
+    TEMPLATES: "How do you get the weights?",
+    MISTAKES: "What is the output format of the model?",
+}

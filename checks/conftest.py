@@ -1,0 +1,130 @@
+"""pytest wiring for the preflight: options, the session's pipeline, gating, and result collection.
+
+`pytest checks/` runs every check in `checks.registry` on the pipeline named by `--pipeline`
+(default: the recipe's linear classifier) as one test each. FAIL/ERROR fail the test, WARN warns,
+SKIP skips ("blocked by <stage>"). The results are kept in `config.stash` and written as a report
+once, at session finish.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+
+from checks.result import STAGES, CheckResult, Verdict, run_check
+
+RESULTS_KEY = pytest.StashKey["PreflightState"]()
+
+
+@dataclass
+class PreflightState:
+    pipeline: object = None
+    spec: str = ""
+    data_load_s: float = 0.0
+    results: list[CheckResult] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    report_path: object = None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    from recipe.data import SOURCES
+    from recipe.pipeline import DEFAULT_PIPELINE
+
+    group = parser.getgroup("recipe", "recipe preflight checks")
+    group.addoption("--pipeline", default=DEFAULT_PIPELINE,
+                    help="pipeline factory 'module:build' or 'file.py:build' (imports your code)")
+    group.addoption("--data", default="auto", choices=SOURCES, help="data source (default: auto)")
+    group.addoption("--data-dir", default="data", help="folder with IDX files (default: ./data)")
+    group.addoption("--no-download", action="store_true", help="never try to download data")
+    group.addoption("--device", default="cpu", help="cpu, cuda or auto")
+    group.addoption("--seed", type=int, default=0, help="seed for the pipeline and every check")
+    group.addoption("--augment", default="none", help="augmentation of the default pipeline: none or shift-rotate")
+    group.addoption("--report-dir", default="reports", help="where the report folder goes (default: ./reports)")
+    group.addoption("--no-report", action="store_true", help="do not write a report")
+    group.addoption("--no-gate", action="store_true", help="run later stages even if an earlier stage FAILed")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for stage in STAGES:
+        config.addinivalue_line("markers", f"{stage}: checks of the '{stage}' stage")
+    config.stash[RESULTS_KEY] = PreflightState(spec=config.getoption("--pipeline"))
+
+
+def build_session_pipeline(config: pytest.Config):
+    """Load the data once and build the pipeline; a user error becomes one clear usage line."""
+    from recipe.config import TrainConfig
+    from recipe.data import load_data
+    from recipe.errors import RecipeError
+    from recipe.pipeline import make_pipeline, resolve_device
+
+    state = config.stash[RESULTS_KEY]
+    started = time.perf_counter()
+    try:
+        train_config = TrainConfig(seed=config.getoption("--seed"), augment=config.getoption("--augment"))
+        device = resolve_device(config.getoption("--device"))
+        data = load_data(config.getoption("--data"), config.getoption("--data-dir"), device,
+                         download=not config.getoption("--no-download"))
+        state.pipeline = make_pipeline(state.spec, train_config, data)
+    except RecipeError as err:
+        raise pytest.UsageError(str(err)) from None
+    state.data_load_s = time.perf_counter() - started
+    return state.pipeline
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.items and not session.config.option.collectonly:
+        build_session_pipeline(session.config)
+
+
+@pytest.fixture(scope="session")
+def pipeline(request: pytest.FixtureRequest):
+    state = request.config.stash[RESULTS_KEY]
+    return state.pipeline if state.pipeline is not None else build_session_pipeline(request.config)
+
+
+def blocking_stage(results: list[CheckResult], stage: str) -> str | None:
+    """The first stage before `stage` with a FAIL or ERROR, if any."""
+    earlier = STAGES[:STAGES.index(stage)]
+    for candidate in earlier:
+        if any(r.stage == candidate and r.verdict.blocks for r in results):
+            return candidate
+    return None
+
+
+@pytest.fixture
+def preflight(request: pytest.FixtureRequest, pipeline):
+    """Run one check through the runner, record it, and turn its verdict into the test outcome."""
+    state = request.config.stash[RESULTS_KEY]
+    gate = not request.config.getoption("--no-gate")
+
+    def run(check, stage: str) -> CheckResult:
+        blocked_by = blocking_stage(state.results, stage) if gate else None
+        result = run_check(check, pipeline, stage, blocked_by)
+        state.results.append(result)
+        summary = f"{result.name}: {result.message}"
+        if result.verdict is Verdict.SKIP:
+            pytest.skip(result.message)
+        if result.verdict.blocks:
+            pytest.fail(f"{result.verdict.value} {summary}", pytrace=False)
+        if result.verdict is Verdict.WARN:
+            warnings.warn(summary, UserWarning, stacklevel=1)
+        return result
+
+    return run
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(RESULTS_KEY, None)
+    if state is None or not state.results or session.config.getoption("--no-report"):
+        return
+    from checks.session_report import write_preflight_report
+
+    state.report_path = write_preflight_report(session.config, state)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(RESULTS_KEY, None)
+    if state is not None and state.report_path is not None:
+        terminalreporter.write_line(f"preflight report: {state.report_path}")
