@@ -43,7 +43,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--augment", default="none", help="augmentation of the default pipeline: none or shift-rotate")
     group.addoption("--report-dir", default="reports", help="where the report folder goes (default: ./reports)")
     group.addoption("--no-report", action="store_true", help="do not write a report")
+    group.addoption("--run-dir", default=None, help=argparse_suppress())
     group.addoption("--no-gate", action="store_true", help="run later stages even if an earlier stage FAILed")
+
+
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS  # --run-dir: the CLI's way to put the preflight into its own run folder
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,17 +1,23 @@
-"""Placeholder until the report layer lands: writes results.json for a pytest preflight run."""
+"""The report a `pytest checks/` session leaves behind (written once, at session finish)."""
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
-from recipe.files import atomic_write_text
+from checks.preflight import write_run_report
 from recipe.runs import new_run_dir, point_latest
 
 
-def write_preflight_report(config, state) -> Path:
+def write_preflight_report(config, state) -> Path | None:
+    if state.pipeline is None:
+        return None
     report_dir = Path(config.getoption("--report-dir"))
-    run_dir = new_run_dir(report_dir)
-    record = {"checks": [r.to_json() for r in state.results]}
-    path = atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2, default=str))
-    point_latest(report_dir, run_dir)
+    chosen = config.getoption("--run-dir")
+    run_dir = Path(chosen) if chosen else new_run_dir(report_dir)
+    checks_s = sum(r.duration_s for r in state.results)
+    timings = {"data_load_s": state.data_load_s, "checks_s": checks_s,
+               "total_s": time.perf_counter() - state.started}
+    path = write_run_report(run_dir, state.results, state.pipeline, state.spec, timings)
+    if not chosen:
+        point_latest(report_dir, run_dir)
     return path
