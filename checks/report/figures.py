@@ -19,11 +19,13 @@ import numpy as np  # noqa: E402
 from matplotlib import rc_context  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from checks.result import Figure  # noqa: E402
 
 DPI = 80
 WIDTH_IN = 6.4        # 512 px at DPI 80: fits the report column without scaling
+IMAGES_WIDTH_IN = 8.0  # image grids get more room so captions stay legible
 MAX_IMAGES = 48       # an images figure is a glance, not a data dump
 MAX_ANNOTATED_CELLS = 20 * 20
 STYLE = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "axes.spines.top": False,
@@ -58,7 +60,7 @@ def _images(data: dict[str, Any]) -> MplFigure:
     signed = data.get("cmap", "gray") == "signed"
     cols = _grid_columns(len(images))
     rows = -(-len(images) // cols)
-    cell = min(1.3, WIDTH_IN / cols)
+    cell = min(1.4, IMAGES_WIDTH_IN / cols)
     fig = MplFigure(figsize=(cell * cols, (cell + (0.3 if captions else 0.05)) * rows + 0.4), dpi=DPI)
     for i, image in enumerate(images):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -73,7 +75,7 @@ def _images(data: dict[str, Any]) -> MplFigure:
         for spine in ax.spines.values():
             spine.set_visible(False)
         if i < len(captions):
-            ax.set_title(_wrap(captions[i], 18), fontsize=7)
+            ax.set_title(_wrap(captions[i], 18), fontsize=8)
     return fig
 
 
@@ -90,8 +92,10 @@ def _lines(data: dict[str, Any]) -> MplFigure:
                    label=str(data.get("hline_label", f"{float(data['hline']):.4g}")))
     ax.set_xlabel(str(data.get("xlabel", "")))
     ax.set_ylabel(str(data.get("ylabel", "")))
+    if data.get("x") is None or all(float(v).is_integer() for v in _array(data["x"], "x").ravel()):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps: no 1.25
     if data.get("logy"):
-        ax.set_yscale("log")
+        _log_y(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -113,7 +117,7 @@ def _bars(data: dict[str, Any]) -> MplFigure:
             ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=7, padding=1)
     if data.get("hline") is not None:
         ax.axhline(float(data["hline"]), color="gray", linestyle="--", linewidth=1)
-    ax.set_xticks(positions, [_wrap(c, 14) for c in categories], fontsize=8)
+    ax.set_xticks(positions, [_wrap(c, 16, lines=4) for c in categories], fontsize=8)
     ax.set_ylabel(str(data.get("ylabel", "")))
     ax.margins(y=0.12)  # room for the value labels
     if len(series) > 1:
@@ -130,7 +134,7 @@ def _histogram(data: dict[str, Any]) -> MplFigure:
     ax.set_xlabel(str(data.get("xlabel", "")))
     ax.set_ylabel("count")
     if data.get("logy"):
-        ax.set_yscale("log")
+        _log_y(ax)
     return fig
 
 
@@ -174,6 +178,13 @@ def _array(value: Any, what: str) -> np.ndarray:
         raise ValueError(f"figure {what} is not array-like: {err}") from None
 
 
+def _log_y(ax) -> None:
+    """Log y axis with plain tick labels (mathtext is off, so the default 10^k labels would show raw)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _grid_columns(n: int) -> int:
     if n <= 6:
         return n
@@ -182,5 +193,5 @@ def _grid_columns(n: int) -> int:
     return 6 if n <= 24 else 8
 
 
-def _wrap(text: str, width: int) -> str:
-    return "\n".join(textwrap.wrap(text, width)[:3]) or text
+def _wrap(text: str, width: int, lines: int = 3) -> str:
+    return "\n".join(textwrap.wrap(text, width)[:lines]) or text

@@ -242,7 +242,8 @@ def headline(record: Mapping[str, Any]) -> dict[str, str]:
     training = record.get("training")
     stopped = training.get("stopped") if isinstance(training, Mapping) else None
     if record.get("forced") and training is not None:
-        text = "FORCED: training ran despite failing checks. Its numbers cannot be trusted until the checks pass."
+        text = ("FORCED: training ran despite failing checks. Its numbers cannot be trusted: fix the failing "
+                "checks below, then train again without forcing.")
     elif overall in ("FAIL", "ERROR"):
         text = ("A check crashed (ERROR): fix the check or the pipeline it reads, then run again before training."
                 if overall == "ERROR" and not any(c.get("verdict") == "FAIL" for c in record.get("checks", []))

@@ -28,12 +28,12 @@ IMAGE_PIXELS = 28 * 28
 N_MISTAKES = 12
 
 # Published test accuracies to put this run in context, by data source.
-LECUN_LINEAR = {"name": "linear classifier (LeCun et al. 1998)", "accuracy": 0.880,
+LECUN_LINEAR = {"name": "linear classifier, LeCun 1998", "accuracy": 0.880,
                 "source": "LeCun et al. 1998, 'Gradient-based learning applied to document recognition': "
                           "1-layer linear classifier, 12.0% test error"}
-LOGREG_MNIST = {"name": "logistic regression (Xiao et al. 2017)", "accuracy": 0.917,
+LOGREG_MNIST = {"name": "logistic regression, Xiao 2017", "accuracy": 0.917,
                 "source": "Xiao, Rasul, Vollgraf 2017, Fashion-MNIST benchmark, LogisticRegression on MNIST"}
-LOGREG_FASHION = {"name": "logistic regression (Xiao et al. 2017)", "accuracy": 0.842,
+LOGREG_FASHION = {"name": "logistic regression, Xiao 2017", "accuracy": 0.842,
                   "source": "Xiao, Rasul, Vollgraf 2017, Fashion-MNIST benchmark, LogisticRegression on Fashion-MNIST"}
 PUBLISHED = {"mnist": [LECUN_LINEAR, LOGREG_MNIST], "sample": [LECUN_LINEAR, LOGREG_MNIST],
              "fashion-mnist": [LOGREG_FASHION]}
