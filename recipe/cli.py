@@ -54,13 +54,26 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
-    parser = _Parser(prog="recipe", description="Sanity-check, train and report an MNIST-style classifier.")
+    parser = _Parser(prog="recipe", description="Sanity-check, train and report an MNIST-style classifier. "
+                     "Exit codes: 0 passed, 1 a check failed or training stopped, 2 usage or data error.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train = commands.add_parser("train", parents=[common], help="train (gated on the checks)")
-    _training_options(train)
+    check = commands.add_parser("check", parents=[common], help="run the preflight checks and write a report")
+    train = commands.add_parser("train", parents=[common], help="train, gated on a passing preflight")
+    run = commands.add_parser("run", parents=[common], help="check, then train if the checks pass (the main job)")
+    for sub in (check, train, run):
+        _training_options(sub)
+    for sub in (check, run, train):
+        sub.add_argument("--no-gate", action="store_true", help="run later check stages even after a FAIL")
+    for sub in (train, run):
+        sub.add_argument("--force", action="store_true", help="train even though the checks failed (reported loudly)")
     train.add_argument("--out", default=None, help="run folder (default: a new <report-dir>/<UTC time>/)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out "
                        "(default: <report-dir>/latest)")
+    report = commands.add_parser("report", help="re-render a report from its saved results (runs nothing)")
+    report.add_argument("run_dir", nargs="?", default=None, help="run folder (default: <report-dir>/latest)")
+    report.add_argument("--report-dir", default="reports")
+    report.add_argument("--quiet", action="store_true")
+    report.add_argument("--debug", action="store_true")
     return parser
 
 
@@ -88,37 +101,153 @@ def say(args: argparse.Namespace, line: str) -> None:
         print(line, file=sys.stderr)
 
 
-def new_run_dir(report_dir: str | Path) -> Path:
-    from recipe.runs import new_run_dir as make
+def preflight_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The same settings as pytest options for checks/conftest.py."""
+    from recipe.config import TrainConfig
 
-    return make(Path(report_dir))
+    options = ["--pipeline", args.pipeline, "--data", args.data, "--data-dir", args.data_dir,
+               "--device", args.device, "--report-dir", args.report_dir, "--run-dir", str(run_dir)]
+    for f in fields(TrainConfig):
+        options += [f"--{f.name.replace('_', '-')}", str(getattr(args, f.name))]
+    options += ["--no-download"] * args.no_download + ["--no-gate"] * args.no_gate
+    return options
+
+
+def run_checks(args: argparse.Namespace, run_dir: Path):
+    from checks.preflight import PYTEST_USAGE_ERROR, run_preflight
+
+    say(args, f"preflight: running the checks into {run_dir}")
+    outcome = run_preflight(preflight_options(args, run_dir), quiet=args.quiet)
+    if outcome.exit_code == PYTEST_USAGE_ERROR or outcome.pipeline is None:
+        _remove_if_empty(run_dir)
+        raise RecipeError("the preflight could not start (see the error above)")
+    return outcome
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _verdict_line(results) -> str:
+    from collections import Counter
+
+    from checks.result import worst
+
+    counts = Counter(r.verdict.value for r in results)
+    spread = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    return f"{worst(r.verdict for r in results).value} ({len(results)} checks: {spread})"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from recipe.runs import new_run_dir, point_latest
+
+    report_dir = Path(args.report_dir)
+    run_dir = new_run_dir(report_dir)
+    outcome = run_checks(args, run_dir)
+    point_latest(report_dir, run_dir)
+    print(f"preflight {_verdict_line(outcome.results)}; report: {run_dir / 'index.html'}")
+    return EXIT_OK if outcome.passed else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: the checks, then training if they pass, into one report."""
+    from recipe.runs import new_run_dir, point_latest
+
+    report_dir = Path(args.report_dir)
+    run_dir = new_run_dir(report_dir)
+    outcome = run_checks(args, run_dir)
+    point_latest(report_dir, run_dir)
+    if not outcome.passed and not args.force:
+        print(f"preflight {_verdict_line(outcome.results)}: not training. Fix the failing checks "
+              f"(or pass --force); report: {run_dir / 'index.html'}", file=sys.stderr)
+        return EXIT_FAILED
+    timings = {"data_load_s": outcome.data_load_s, "checks_s": outcome.checks_s}
+    return train_and_report(args, outcome.pipeline, outcome.results, run_dir, timings,
+                            forced=not outcome.passed)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recipe.runs import latest_run_dir, point_latest
+    """Train on the word of the newest passing preflight with the same fingerprint (or run one first)."""
+    from checks.preflight import find_preflight, fingerprint, passed
+    from recipe.runs import latest_run_dir, new_run_dir, point_latest
+
+    report_dir = Path(args.report_dir)
+    if args.resume:
+        run_dir = Path(args.out) if args.out else latest_run_dir(report_dir)
+    else:
+        run_dir = Path(args.out) if args.out else new_run_dir(report_dir)
+    pipeline = load_pipeline(args)
+    found = find_preflight(report_dir, fingerprint(args.pipeline, pipeline))
+    forced = False
+    if found is None:
+        say(args, "no preflight for this pipeline, data and config yet: running it first")
+        outcome = run_checks(args, run_dir)
+        results, ok, where = outcome.results, outcome.passed, run_dir
+    else:
+        where, record = found
+        results = [_result_from_json(row) for row in record["checks"]]
+        ok = passed(row["verdict"] for row in record["checks"])
+        say(args, f"preflight: using {where} ({record.get('overall')})")
+    if not ok:
+        if not args.force:
+            print(f"recipe: the preflight FAILED, so training will not start; see {where / 'index.html'} "
+                  "(fix the failing checks, or pass --force)", file=sys.stderr)
+            point_latest(report_dir, where)
+            return EXIT_FAILED
+        forced = True
+        print("recipe: --force: training despite failing checks; the report will say so", file=sys.stderr)
+    point_latest(report_dir, run_dir)
+    return train_and_report(args, pipeline, results, run_dir, {}, forced=forced)
+
+
+def _result_from_json(row: dict):
+    from checks.result import CheckResult, Verdict
+
+    known = {"name", "stage", "value", "threshold", "comparison", "message", "details", "duration_s"}
+    return CheckResult(verdict=Verdict(row["verdict"]), **{k: v for k, v in row.items() if k in known})
+
+
+def train_and_report(args: argparse.Namespace, pipeline, results, run_dir: Path, timings: dict,
+                     forced: bool) -> int:
+    import time
+
+    from checks.preflight import write_run_report
+    from checks.report.training import training_summary
     from recipe.train import fit
 
-    if args.resume and args.out is None:
-        out = latest_run_dir(Path(args.report_dir))
-    else:
-        out = Path(args.out) if args.out else new_run_dir(args.report_dir)
-    pipeline = load_pipeline(args)
-    result = fit(pipeline, out, resume=args.resume, quiet=args.quiet)
-    point_latest(Path(args.report_dir), out)
-    return report_training(args, result, out)
+    started = time.perf_counter()
+    result = fit(pipeline, run_dir, resume=getattr(args, "resume", False), quiet=args.quiet)
+    timings = {**timings, "training_s": time.perf_counter() - started}
+    summary = training_summary(pipeline, result)
+    index = write_run_report(run_dir, results, pipeline, args.pipeline, timings, summary, forced)
+    return report_training(args, result, index)
 
 
-def report_training(args: argparse.Namespace, result, out: Path) -> int:
+def report_training(args: argparse.Namespace, result, index: Path) -> int:
     if result.stopped:
-        print(f"recipe: training stopped: {result.stopped} ({out})", file=sys.stderr)
+        print(f"recipe: training stopped: {result.stopped}; report: {index}", file=sys.stderr)
         return EXIT_INTERRUPTED if result.stopped.startswith("interrupted") else EXIT_FAILED
-    last = result.history[-1] if result.history else {}
-    print(f"val accuracy {last.get('val_accuracy', float('nan')):.4f}, "
-          f"test accuracy {result.test['accuracy']:.4f}; artefacts in {out}")
+    last = result.history[-1]
+    print(f"val accuracy {last['val_accuracy']:.4f}, test accuracy {result.test['accuracy']:.4f}; "
+          f"report: {index}")
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train}
+def cmd_report(args: argparse.Namespace) -> int:
+    from checks.report.render import rerender
+    from recipe.runs import latest_run_dir
+
+    run_dir = Path(args.run_dir) if args.run_dir else latest_run_dir(Path(args.report_dir))
+    if not run_dir.is_dir():
+        raise RecipeError(f"{run_dir} is not a run folder")
+    print(f"report: {rerender(run_dir)}")
+    return EXIT_OK
+
+
+COMMANDS = {"check": cmd_check, "train": cmd_train, "run": cmd_run, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
