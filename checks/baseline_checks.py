@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from checks.result import CheckResult, Figure, Verdict
+from checks.result import CheckResult, Figure, Verdict, measured
 from checks.sampling import accuracy_and_loss, first_batches, fresh_model, short_training
 from recipe.pipeline import Pipeline
 
@@ -128,13 +128,17 @@ def training_loss_decreases(pipeline: Pipeline, steps: int = 200, window: int = 
                        figures=[figure], details={"first_window": first, "last_window": last})
 
 
-def prediction_dynamics(pipeline: Pipeline, steps: int = 200, n_examples: int = 16, snapshots: int = 10) -> CheckResult:
-    """Report only: predictions on a fixed val batch across a short run (Karpathy's "visualize
-    prediction dynamics"). Jittery or frozen predictions show a learning rate problem at a glance."""
+def prediction_dynamics(pipeline: Pipeline, steps: int = 200, n_examples: int = 16, snapshots: int = 10,
+                        min_gain: float = 0.1) -> CheckResult:
+    """Predictions on a fixed val batch across a short run (Karpathy's "visualize prediction dynamics").
+
+    The figure shows jitter (learning rate too high) or frozen rows (too low) at a glance. FAILs
+    when the mean probability of the true class gains less than `min_gain` over the run.
+    """
     batch = first_batches(pipeline, "val", 1, shuffle=False)[0]
     x, y = batch.x[:n_examples], batch.y[:n_examples]
     every = max(steps // snapshots, 1)
-    rows = []
+    rows, taken = [], []
 
     def record(step: int, model) -> None:
         if step % every == 0:
@@ -143,15 +147,21 @@ def prediction_dynamics(pipeline: Pipeline, steps: int = 200, n_examples: int = 
                 probabilities = torch.softmax(model(x).float(), 1)
             model.train()
             rows.append(probabilities[torch.arange(len(y)), y].cpu())
+            taken.append(step)
 
     short_training(pipeline, steps, record=record)
     values = torch.stack(rows).T  # (examples, snapshots): probability of the true class
     names = pipeline.data.class_names
     figure = Figure("matrix", "probability of the true class on fixed val examples, across training", {
         "values": values.numpy(), "rows": [f"#{i} {names[int(c)]}" for i, c in enumerate(y.tolist())],
-        "cols": [str(every * (k + 1)) for k in range(len(rows))], "xlabel": "step", "ylabel": "example"})
-    final = values[:, -1].mean().item()
-    return CheckResult("prediction_dynamics", STAGE, Verdict.PASS, final, None, "",
-                       f"mean probability of the true class on {len(y)} fixed val examples after {steps} steps: "
-                       f"{final:.3f}. Read the figure: rows should warm up steadily; flickering means the learning "
-                       "rate is too high, rows that never change mean it is too low.", figures=[figure])
+        "cols": [str(step) for step in taken], "xlabel": "step", "ylabel": "example"})
+    start, final = values[:, 0].mean().item(), values[:, -1].mean().item()
+    gain = final - start if math.isfinite(final) else -math.inf
+    ok = (f"on {len(y)} fixed val examples the mean probability of the true class went {start:.3f} -> {final:.3f} "
+          f"in {steps} steps. Read the figure: rows should warm up steadily; flickering means the learning rate is "
+          "too high.")
+    fail = (f"predictions did not improve: on {len(y)} fixed val examples the mean probability of the true class "
+            f"went {start:.3f} -> {final:.3f} in {steps} steps (need +{min_gain}). Rows that never change mean the "
+            "learning rate is too low or the weights don't train; flickering rows mean it is too high.")
+    return measured("prediction_dynamics", STAGE, gain, min_gain, ">=", ok, fail, figures=[figure],
+                    details={"start": start, "final": final})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pytest
 
@@ -29,6 +29,7 @@ class PreflightState:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from recipe.config import TrainConfig
     from recipe.data import SOURCES
     from recipe.pipeline import DEFAULT_PIPELINE
 
@@ -39,8 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--data-dir", default="data", help="folder with IDX files (default: ./data)")
     group.addoption("--no-download", action="store_true", help="never try to download data")
     group.addoption("--device", default="cpu", help="cpu, cuda or auto")
-    group.addoption("--seed", type=int, default=0, help="seed for the pipeline and every check")
-    group.addoption("--augment", default="none", help="augmentation of the default pipeline: none or shift-rotate")
+    for option in fields(TrainConfig):  # the training settings the pipeline is built with (--lr, --seed, ...)
+        default = getattr(TrainConfig(), option.name)
+        group.addoption(f"--{option.name.replace('_', '-')}", dest=option.name, type=type(default), default=default,
+                        help=f"TrainConfig.{option.name} (default: {default})")
     group.addoption("--report-dir", default="reports", help="where the report folder goes (default: ./reports)")
     group.addoption("--no-report", action="store_true", help="do not write a report")
     group.addoption("--run-dir", default=None, help=argparse_suppress())
@@ -69,7 +72,7 @@ def build_session_pipeline(config: pytest.Config):
     state = config.stash[RESULTS_KEY]
     started = time.perf_counter()
     try:
-        train_config = TrainConfig(seed=config.getoption("--seed"), augment=config.getoption("--augment"))
+        train_config = TrainConfig(**{f.name: config.getoption(f.name) for f in fields(TrainConfig)})
         device = resolve_device(config.getoption("--device"))
         data = load_data(config.getoption("--data"), config.getoption("--data-dir"), device,
                          download=not config.getoption("--no-download"))

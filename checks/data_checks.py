@@ -7,6 +7,7 @@ import torch
 
 from checks.result import CheckResult, Figure, Verdict, measured
 from checks.sampling import stacked
+from recipe.data import Split
 from recipe.pipeline import Pipeline
 
 STAGE = "data"
@@ -64,27 +65,40 @@ def integrity(pipeline: Pipeline) -> CheckResult:
                        0.0, "==", message, details={"splits": rows})
 
 
-def class_balance(pipeline: Pipeline, max_ratio: float = 10.0) -> CheckResult:
-    """Per-class counts per split, the majority class and what always predicting it scores."""
+def class_balance(pipeline: Pipeline, max_ratio: float = 10.0, max_shift: float = 0.2) -> CheckResult:
+    """Per-class counts per split, the majority class and what always predicting it scores.
+
+    FAILs when val or test has a clearly different class mix from train (total variation distance
+    above `max_shift`): a split cut from sorted data, or filtered differently, is not representative.
+    WARNs when train itself is imbalanced beyond `max_ratio`.
+    """
     names = pipeline.data.class_names
     counts = {s: torch.bincount(pipeline.data.split(s).labels.clamp(0, len(names) - 1),
                                 minlength=len(names)).tolist() for s in SPLITS}
+    shares = {s: torch.tensor(c, dtype=torch.float64) / max(sum(c), 1) for s, c in counts.items()}
+    shift = {s: 0.5 * (shares[s] - shares["train"]).abs().sum().item() for s in ("val", "test")}
+    worst_split = max(shift, key=shift.get)
     train = counts["train"]
     majority = max(range(len(names)), key=lambda c: train[c])
-    test_total = max(sum(counts["test"]), 1)
-    baseline = counts["test"][majority] / test_total
+    baseline = counts["test"][majority] / max(sum(counts["test"]), 1)
     ratio = max(train) / max(min(train), 1)
-    table = [{"class": names[c], **{s: counts[s][c] for s in SPLITS}} for c in range(len(names))]
-    figure = Figure("bars", "examples per class", {"categories": list(names), "series": counts, "ylabel": "examples"})
-    ok = (f"train is balanced (largest/smallest class = {ratio:.2f}). Majority class '{names[majority]}' "
-          f"({train[majority]} train examples): always predicting it scores {baseline:.4f} on test, the floor "
-          "every model must beat.")
+    extra = {"figures": [Figure("bars", "examples per class", {"categories": list(names), "series": counts,
+                                                               "ylabel": "examples"})],
+             "details": {"per_class": [{"class": names[c], **{s: counts[s][c] for s in SPLITS}} for c in range(len(names))],
+                         "majority_class": names[majority], "majority_baseline_test_accuracy": baseline,
+                         "class_mix_distance_from_train": shift, "largest_to_smallest": ratio}}
+    if shift[worst_split] > max_shift:
+        return measured("class_balance", STAGE, shift[worst_split], max_shift, "<=", "", (
+            f"the {worst_split} split has a different class mix from train: total variation distance "
+            f"{shift[worst_split]:.2f} (limit {max_shift}). It is not representative: was it cut from data sorted by "
+            "class, or filtered differently? Split stratified and at random."), **extra)
+    ok = (f"val and test have the class mix of train (distance {shift[worst_split]:.3f}); train is balanced "
+          f"(largest/smallest class = {ratio:.2f}). Majority class '{names[majority]}': always predicting it scores "
+          f"{baseline:.4f} on test, the floor every model must beat.")
     warn = (f"train is imbalanced: the largest class has {ratio:.1f}x the examples of the smallest (limit "
             f"{max_ratio:g}). Always predicting '{names[majority]}' scores {baseline:.4f} on test. Accuracy "
             "will flatter the model: look at per-class accuracy, or re-weight / re-sample.")
-    return measured("class_balance", STAGE, ratio, max_ratio, "<=", ok, warn, warn=True,
-                    figures=[figure], details={"per_class": table, "majority_class": names[majority],
-                                               "majority_baseline_test_accuracy": baseline})
+    return measured("class_balance", STAGE, ratio, max_ratio, "<=", ok, warn, warn=True, **extra)
 
 
 def _image_hashes(images: torch.Tensor) -> list[int]:
@@ -225,31 +239,47 @@ def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_exampl
                     details={"feature": best, "eta_squared": value})
 
 
-def data_overview(pipeline: Pipeline, per_class: int = 8) -> CheckResult:
-    """Figures only: samples per class, the mean image per class, and the raw pixel histogram.
+def label_signal(pipeline: Pipeline, min_explained: float = 0.02, per_class: int = 8,
+                 max_examples: int = 10_000) -> CheckResult:
+    """The labels must explain part of the pixel variance: the class-mean images differ.
 
-    These answer the lab's "which features help you recognise a digit?": the mean images show
-    where each class puts its ink.
+    Shows samples per class, the mean image per class and the raw pixel histogram, which answer the
+    lab's "which features help you recognise a digit?". FAILs when the class means are all alike,
+    as they are when the labels were permuted while building the data set (no loader check can see
+    that: the source itself is wrong).
     """
-    train = pipeline.data.train
+    full = pipeline.data.train
+    train = Split(full.images[:max_examples], full.labels[:max_examples])  # enough for class means
     names = pipeline.data.class_names
-    grid, captions, means = [], [], []
+    pixels = train.images.reshape(len(train), -1).float()
+    grid, captions, means, counts = [], [], [], []
     for c in range(len(names)):
         members = torch.nonzero(train.labels == c).flatten()
         if len(members) == 0:
             continue
         grid.extend(train.images[members[:per_class]].cpu())
         captions.extend([names[c]] * min(per_class, len(members)))
-        means.append(train.images[members].float().mean(0).cpu())
-    pixels = train.images[:2000].flatten().float().cpu().numpy()
+        means.append(pixels[members].mean(0))
+        counts.append(len(members))
+    class_means = torch.stack(means)
+    weights = torch.tensor(counts, dtype=torch.float32, device=class_means.device)[:, None] / len(train)
+    between = (weights * (class_means - pixels.mean(0)) ** 2).sum(0).sum().item()
+    total = pixels.var(0, unbiased=False).sum().item()
+    explained = between / total if total > 0 else 0.0
+    shape = tuple(train.images.shape[1:])
     figures = [
         Figure("images", f"{per_class} training examples per class", {"images": torch.stack(grid).numpy(),
                                                                       "captions": captions, "ncols": per_class}),
-        Figure("images", "mean image per class", {"images": torch.stack(means).numpy(), "captions": list(names)}),
-        Figure("histogram", "raw pixel values (2,000 train images)", {"values": pixels, "bins": 64,
-                                                                        "xlabel": "pixel value"}),
+        Figure("images", "mean image per class", {"images": class_means.reshape(-1, *shape).float().cpu().numpy(),
+                                                  "captions": [names[c] for c in range(len(names))
+                                                               if (train.labels == c).any()]}),
+        Figure("histogram", "raw pixel values (2,000 train images)", {
+            "values": train.images[:2000].flatten().float().cpu().numpy(), "bins": 64, "xlabel": "pixel value"}),
     ]
-    return CheckResult("data_overview", STAGE, Verdict.PASS, float(len(train)), None, "",
-                       f"{len(train)} train / {len(pipeline.data.val)} val / {len(pipeline.data.test)} test images "
-                       f"of {tuple(train.images.shape[1:])}, {len(names)} classes. Look at the samples and the "
-                       "class means: they show which strokes tell the classes apart.", figures=figures)
+    ok = (f"the class labels explain {explained:.1%} of the pixel variance (need {min_explained:.0%}): the mean images "
+          "differ by class. Look at them: they show which strokes tell the classes apart.")
+    fail = (f"the class labels explain only {explained:.2%} of the pixel variance (need {min_explained:.0%}): every class "
+            "has the same mean image, so the labels carry no information about the images. The labels were "
+            "shuffled or permuted when the data set was built, or images and labels come from different files.")
+    return measured("label_signal", STAGE, explained, min_explained, ">=", ok, fail, figures=figures,
+                    details={"train_examples": len(full), "examples_used": len(train), "image_shape": list(shape)})

@@ -7,7 +7,7 @@ from checks import skeleton_checks as skeleton
 
 CHECKS_BY_STAGE = {
     "data": [data.integrity, data.class_balance, data.duplicates_and_leakage, data.normalisation_stats_source,
-             data.input_normalisation, data.target_leak, data.data_overview],
+             data.input_normalisation, data.target_leak, data.label_signal],
     "skeleton": [skeleton.determinism, skeleton.what_goes_into_the_net, skeleton.label_pairing,
                  skeleton.batch_sampling, skeleton.augmentation_consistency, skeleton.output_sanity,
                  skeleton.loss_at_init, skeleton.batch_independence, skeleton.gradient_flow],

@@ -75,11 +75,13 @@ def short_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False,
     """Train a fresh model with the pipeline's own step and optimizer for `steps` steps.
 
     `zero_inputs` replaces every x by zeros (the input-independent baseline). `record(step, model)`
-    is called after each step (prediction dynamics). Returns the model and the loss per step.
+    is called before the first step and after each step (prediction dynamics). Returns the model and the loss per step.
     """
     model = fresh_model(pipeline, offset)
     optimizer = pipeline.make_optimizer(model.parameters())
     losses: list[float] = []
+    if record is not None:
+        record(0, model)
     epoch = 0
     while len(losses) < steps:
         for batch in pipeline.batches("train", shuffle=True, augment=False, generator=generator(pipeline, epoch)):

@@ -47,7 +47,9 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if correct == 0 else max(0.0, centre - half)   # exact ends: rounding must not show 99.99999%
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return (low, high)
 
 
 def training_summary(pipeline: "Pipeline", fit_result: "FitResult") -> tuple[dict[str, Any], list[Figure]]:
