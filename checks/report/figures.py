@@ -120,8 +120,8 @@ def _bars(data: dict[str, Any]) -> MplFigure:
     ax.set_xticks(positions, [_wrap(c, 16, lines=4) for c in categories], fontsize=8)
     ax.set_ylabel(str(data.get("ylabel", "")))
     ax.margins(y=0.12)  # room for the value labels
-    if len(series) > 1:
-        ax.legend(fontsize=8)
+    if len(series) > 1:  # beside the axes: bars fill the plot, a legend inside would hide some
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 

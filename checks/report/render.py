@@ -57,9 +57,14 @@ SYMBOLS = {"PASS": "✓", "WARN": "⚠", "FAIL": "✗", "ERROR": "✗", "SKIP": 
 # ---------------------------------------------------------------- building the record
 
 def command_line() -> str:
-    """The command as typed (sys.argv), shell-quoted, with the program shortened to its name."""
+    """The command as typed (sys.argv), shell-quoted: `recipe run ...` or `python -m recipe.cli run ...`."""
     argv = list(sys.argv) or ["python"]
-    return " ".join([Path(argv[0]).name] + [shlex.quote(a) for a in argv[1:]])
+    original = list(getattr(sys, "orig_argv", []))
+    if "-m" in original[:-1]:  # `python -m pkg.mod`: argv[0] is the module's file path, which nobody typed
+        head = ["python", "-m", original[original.index("-m") + 1]]
+    else:
+        head = [Path(argv[0]).name]
+    return " ".join(head + [shlex.quote(a) for a in argv[1:]])
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
