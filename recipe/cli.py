@@ -175,11 +175,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recipe.runs import latest_run_dir, new_run_dir, point_latest
 
     report_dir = Path(args.report_dir)
-    if args.resume:
-        run_dir = Path(args.out) if args.out else latest_run_dir(report_dir)
-    else:
+    run_dir = (Path(args.out) if args.out else latest_run_dir(report_dir)) if args.resume else None
+    pipeline = load_pipeline(args)  # before making a run folder: a bad flag must not leave an empty one
+    if run_dir is None:
         run_dir = Path(args.out) if args.out else new_run_dir(report_dir)
-    pipeline = load_pipeline(args)
     found = find_preflight(report_dir, fingerprint(args.pipeline, pipeline))
     forced = False
     if found is None:

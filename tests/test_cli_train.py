@@ -119,6 +119,7 @@ def test_bad_flags_give_one_line_and_exit_2(name, tmp_path, capsys, fast_sample)
     assert len(lines) == 1 and lines[0].startswith("recipe: error: "), err
     assert message in lines[0]
     assert "Traceback" not in err and out == ""
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # no empty run folder left
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible, so --device cuda is valid here")
