@@ -204,15 +204,19 @@ def _to_device(raw: dict[str, sources.RawSplit], classes, source, reason, device
 
 def norm_stats(split: Split) -> NormStats:
     """Pixel mean and std of one split, which should be train: never val or test."""
-    pixels = split.images.float() / 255.0
+    pixels = split.images.float().div_(255.0)  # in place: one (N, 28, 28) float copy, not two
     return NormStats(mean=pixels.mean().item(), std=pixels.std().item())
 
 
 def normalize(images: torch.Tensor, stats: NormStats) -> torch.Tensor:
     """uint8 (N, 28, 28) or float [0, 1] (N, 1, 28, 28) -> normalised float (N, 1, 28, 28)."""
+    # The same three float32 operations as (x / 255 - mean) / std, done in place on one new tensor:
+    # bit-identical, and on a full split ~2x faster than allocating a copy for each.
     if images.dtype == torch.uint8:
-        images = images.float().div_(255.0)
-    return ((images.reshape(-1, 1, 28, 28) - stats.mean) / stats.std).contiguous()
+        out = images.float().div_(255.0).sub_(stats.mean)
+    else:
+        out = images.reshape(-1, 1, 28, 28) - stats.mean  # a new tensor: the caller's is left alone
+    return out.div_(stats.std).reshape(-1, 1, 28, 28).contiguous()
 
 
 class TensorBatches:
