@@ -157,7 +157,7 @@ def _reference_cnn(in_channels: int, num_classes: int) -> nn.Module:
                          nn.Flatten(), nn.Linear(16 * 49, num_classes))
 
 
-def augmentation_consistency(pipeline: Pipeline, min_class_ratio: float = 0.25, steps: int = 250,
+def augmentation_consistency(pipeline: Pipeline, min_class_ratio: float = 0.25, steps: int = 200,
                              n_val: int = 1000) -> CheckResult:
     """Augmentation must keep the class: a reference classifier trained on clean images should still
     recognise the augmented ones, overall and for every class.
