@@ -136,5 +136,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(RESULTS_KEY, None)
-    if state is not None and state.report_path is not None:
+    if state is None or state.pipeline is None:
+        return
+    data = state.pipeline.data
+    terminalreporter.write_line(f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / "
+                                f"{len(data.test)} test) - {data.reason}")
+    if state.report_path is not None:
         terminalreporter.write_line(f"preflight report: {state.report_path}")

@@ -219,7 +219,9 @@ def train_and_report(args: argparse.Namespace, pipeline, results, run_dir: Path,
 
     started = time.perf_counter()
     result = fit(pipeline, run_dir, resume=getattr(args, "resume", False), quiet=args.quiet)
-    timings = {**timings, "training_s": time.perf_counter() - started}
+    training_s = time.perf_counter() - started
+    timings = {**timings, "training_s": training_s,
+               "total_s": sum(timings.get(k, 0.0) for k in ("data_load_s", "checks_s")) + training_s}
     summary = training_summary(pipeline, result)
     index = write_run_report(run_dir, results, pipeline, args.pipeline, timings, summary, forced)
     return report_training(args, result, index)
