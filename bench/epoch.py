@@ -1,0 +1,65 @@
+"""Part 1: epoch time of the recipe's loop against the pytorch/examples loop, same everything else.
+
+Rounds alternate which loop goes first, so a burst of load from elsewhere on the machine hits both.
+Round 0 is a warm-up (the recipe normalises the split once, on its first epoch) and is reported
+apart; the ratio is taken between the medians of the other rounds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.measure import Row, median
+from bench.reference import bare_epoch, reference_epoch, reference_loader, torchvision_root
+from recipe.data import DataBundle, normalize
+from recipe.pipeline import Pipeline, default_pipeline
+from recipe.sources import DEBIAN_FASHION_DIR
+from recipe.train import fit
+
+TARGET_SPEEDUP = 15.0
+
+
+def recipe_epoch(pipeline: Pipeline) -> float:
+    """One training epoch through the public `fit`; its own timer covers the training loop only."""
+    return fit(pipeline, quiet=True).history[0]["seconds"]
+
+
+def run(data: DataBundle, config, rounds: int, idx_dir: Path = DEBIAN_FASHION_DIR) -> dict:
+    pipeline = default_pipeline(dataclasses.replace(config, epochs=1), data)
+    device = pipeline.device
+    with tempfile.TemporaryDirectory() as tmp:
+        loader = reference_loader(pipeline, torchvision_root(idx_dir, Path(tmp)), device)
+        ref_model = pipeline.make_model()
+        ref_optimizer = pipeline.make_optimizer(ref_model.parameters())
+        bare_model = pipeline.make_model()
+        bare_optimizer = pipeline.make_optimizer(bare_model.parameters())
+        x_all = normalize(data.train.images, pipeline.norm)
+        times = {"reference": [], "recipe": [], "bare": []}
+        for r in range(rounds + 1):
+            order = ["reference", "recipe", "bare"] if r % 2 == 0 else ["bare", "recipe", "reference"]
+            for name in order:
+                if name == "reference":
+                    times[name].append(reference_epoch(pipeline, loader, ref_model, ref_optimizer))
+                elif name == "recipe":
+                    times[name].append(recipe_epoch(pipeline))
+                else:
+                    times[name].append(bare_epoch(x_all, data.train.labels, config.batch_size, bare_model,
+                                                  bare_optimizer, torch.Generator().manual_seed(r)))
+    warm = {name: median(values[1:]) for name, values in times.items()}
+    speedup = warm["reference"] / warm["recipe"]
+    per_round = median([ref / rec for ref, rec in zip(times["reference"][1:], times["recipe"][1:])])
+    what = f"batch {config.batch_size}, {config.optimizer} lr {config.lr}, {len(data.train)} train examples, {device}"
+    rows = [
+        Row("epoch", "reference (torchvision + DataLoader)", warm["reference"], "s/epoch", note=what),
+        Row("epoch", "recipe fit()", warm["recipe"], "s/epoch", ratio=speedup, target=f">= {TARGET_SPEEDUP:g}x",
+            met=speedup >= TARGET_SPEEDUP, note=f"median of per-round ratios {per_round:.1f}x"),
+        Row("epoch", "bare in-memory loop (floor)", warm["bare"], "s/epoch",
+            ratio=warm["reference"] / warm["bare"], note=f"recipe costs {warm['recipe'] / warm['bare']:.2f}x the floor"),
+        Row("epoch", "first epoch: reference / recipe", times["reference"][0], "s",
+            note=f"recipe {times['recipe'][0]:.3f} s (normalises the split once)"),
+    ]
+    return {"rows": rows, "times_s": times, "warm_median_s": warm, "speedup": speedup,
+            "speedup_median_per_round": per_round, "config": config.as_dict(), "device": str(device)}
