@@ -7,7 +7,7 @@ import torch
 
 from checks.result import CheckResult, Figure, Verdict, measured
 from checks.sampling import stacked
-from recipe.data import Split
+from recipe.data import Split, pixel_mean_std
 from recipe.pipeline import Pipeline
 
 STAGE = "data"
@@ -33,15 +33,12 @@ def integrity(pipeline: Pipeline) -> CheckResult:
             continue
         if len(images) != len(labels):
             problems.append(f"{name}: {len(images)} images but {len(labels)} labels")
-        pixels = images.float()
-        bad = (~torch.isfinite(pixels)).sum().item()
-        finite = pixels[torch.isfinite(pixels)]
-        row.update({"min": finite.min().item() if finite.numel() else None,
-                    "max": finite.max().item() if finite.numel() else None, "nan_or_inf": bad})
+        low, high, bad = _range_and_nonfinite(images)
+        row.update({"min": low, "max": high, "nan_or_inf": bad})
         if bad:
             problems.append(f"{name}: {bad} NaN/Inf pixel values")
-        if finite.numel() and (finite.min() < 0 or finite.max() > 255):
-            problems.append(f"{name}: raw pixels span {finite.min().item():g}..{finite.max().item():g}, outside 0..255")
+        if low is not None and (low < 0 or high > 255):
+            problems.append(f"{name}: raw pixels span {low:g}..{high:g}, outside 0..255")
         if labels.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
             problems.append(f"{name}: labels have dtype {labels.dtype}, expected an integer type")
         out_of_range = ((labels < 0) | (labels >= num_classes)).sum().item()
@@ -63,6 +60,21 @@ def integrity(pipeline: Pipeline) -> CheckResult:
                "shifted or encoded differently (1-based?), NaNs from a bad conversion.")
     return CheckResult("integrity", STAGE, Verdict.FAIL if problems else Verdict.PASS, float(len(problems)),
                        0.0, "==", message, details={"splits": rows})
+
+
+def _range_and_nonfinite(images: torch.Tensor, chunk: int = 8192) -> tuple[float | None, float | None, int]:
+    """(min, max) of the finite values and the count of NaN/Inf, chunk by chunk (no full float copy)."""
+    low, high, bad = None, None, 0
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk]
+        if part.is_floating_point():
+            finite = torch.isfinite(part)
+            bad += int((~finite).sum())
+            part = part[finite]
+        if part.numel():
+            lo, hi = float(part.min()), float(part.max())
+            low, high = (lo, hi) if low is None else (min(low, lo), max(high, hi))
+    return low, high, bad
 
 
 def class_balance(pipeline: Pipeline, max_ratio: float = 10.0, max_shift: float = 0.2) -> CheckResult:
@@ -159,8 +171,7 @@ def normalisation_stats_source(pipeline: Pipeline, exact: float = 1e-4) -> Check
                            "preprocessing?), so the stats they use cannot be read off; nothing to compare.")
     distances = {}
     for name in SPLITS:
-        pixels = pipeline.data.split(name).images.float() / 255.0
-        m, s = pixels.mean().item(), pixels.std().item()
+        m, s = pixel_mean_std(pipeline.data.split(name).images)
         distances[name] = abs(mean - m) / s + abs(std - s) / s
     closest = min(distances, key=distances.get)
     details = {"applied_mean": mean, "applied_std": std, "distance_to_split_stats": distances}

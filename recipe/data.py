@@ -7,6 +7,7 @@ each one back to the source.
 """
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from dataclasses import dataclass
@@ -202,10 +203,26 @@ def _to_device(raw: dict[str, sources.RawSplit], classes, source, reason, device
 
 # ---------------------------------------------------------------- normalisation and batches
 
+def pixel_mean_std(images: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
+    """Mean and std of images / 255, summed exactly over chunks (no full float copy of the split)."""
+    if images.is_floating_point():  # a user's float images: plain float64 maths
+        pixels = images.double() / 255.0
+        return pixels.mean().item(), pixels.std().item()
+    total, squares, count = 0, 0, 0
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].int()
+        total += int(part.sum(dtype=torch.int64))
+        squares += int(part.mul_(part).sum(dtype=torch.int64))  # 255^2 * 700k * 784 fits int64
+        count += part.numel()
+    mean = total / count
+    variance = (squares - total * total / count) / max(count - 1, 1)
+    return mean / 255.0, math.sqrt(max(variance, 0.0)) / 255.0
+
+
 def norm_stats(split: Split) -> NormStats:
     """Pixel mean and std of one split, which should be train: never val or test."""
-    pixels = split.images.float().div_(255.0)  # in place: one (N, 28, 28) float copy, not two
-    return NormStats(mean=pixels.mean().item(), std=pixels.std().item())
+    mean, std = pixel_mean_std(split.images)
+    return NormStats(mean=mean, std=std)
 
 
 def normalize(images: torch.Tensor, stats: NormStats) -> torch.Tensor:
