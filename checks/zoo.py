@@ -366,8 +366,9 @@ ZOO: tuple[Bug, ...] = (
         ("gradient_flow", "overfit_one_batch"), ("clipped",),
         "the clamped loss has zero gradient at init, so no parameter ever changes"),
     Bug("lr_100x_too_high", lr_100x_too_high.__doc__, lr_100x_too_high,
-        ("training_loss_decreases",), ("learning rate", "lr", "diverg"),
-        "the training loss grows or oscillates instead of falling"),
+        ("input_independent_baseline",), ("too high",),
+        "the loss jumps from ln(C) to ~8 in the first steps and stays above the zero-input model's; "
+        "training_loss_decreases does not see it, because it measures from the spike, not from the init"),
     Bug("lr_far_too_low", lr_far_too_low.__doc__, lr_far_too_low,
         ("overfit_one_batch",), ("learning rate too low",),
         "a small batch cannot be overfit in the allotted steps: the loss plateaus near ln(C)"),

@@ -1,0 +1,93 @@
+"""The bug zoo: every planted bug FAILs the checks it names, with a message naming the cause, and the
+clean pipelines FAIL nothing."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from checks.result import Verdict, run_check, run_stages
+from checks.zoo import CLEAN, ZOO, all_checks, check_named, clean_pipelines, detection_rate, run_zoo
+from recipe.config import TrainConfig
+from recipe.data import load_data
+from recipe.errors import DataError
+from recipe.pipeline import default_pipeline
+
+SEEDS = range(5)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_data("sample", download=False)
+
+
+@pytest.fixture(scope="module")
+def clean(sample):
+    return default_pipeline(TrainConfig(), sample)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    try:
+        return load_data("fashion-mnist", download=False)
+    except DataError as err:
+        pytest.skip(f"full Fashion-MNIST is not installed: {err}")
+
+
+def _failures(results) -> str:
+    return "\n".join(f"{r.name}: {r.verdict.value}: {r.message}" for r in results if r.verdict.blocks)
+
+
+def test_the_zoo_is_big_enough_and_declares_at_least_90_percent_caught():
+    assert len(ZOO) >= 20
+    assert len({bug.name for bug in ZOO}) == len(ZOO)
+    assert sum(bool(bug.must_fail) for bug in ZOO) / len(ZOO) >= 0.9
+    for bug in ZOO:
+        assert bug.description and bug.why, bug.name
+        assert bool(bug.must_fail) == bool(bug.cause_words), f"{bug.name}: cause words go with expected FAILs"
+
+
+@pytest.mark.parametrize("bug", [bug for bug in ZOO if bug.must_fail], ids=lambda bug: bug.name)
+def test_planted_bug_fails_its_checks_and_names_the_cause(bug, clean):
+    pipeline = bug.plant(clean)
+    results = [run_check(check, pipeline, stage) for stage, check in map(check_named, bug.must_fail)]
+    not_failed = [f"{r.name}: {r.verdict.value}: {r.message}" for r in results if r.verdict is not Verdict.FAIL]
+    assert not not_failed, f"{bug.name} ({bug.description}) was expected to FAIL:\n" + "\n".join(not_failed)
+    messages = [r.message.lower() for r in results]
+    assert any(word.lower() in message for word in bug.cause_words for message in messages), (
+        f"{bug.name}: no failing message names the cause (one of {bug.cause_words}):\n" + "\n".join(messages))
+
+
+@pytest.mark.parametrize("bug", [bug for bug in ZOO if not bug.must_fail], ids=lambda bug: bug.name)
+def test_uncaught_bug_is_really_planted(bug, clean):
+    """A bug the harness cannot see must still change what the pipeline trains on."""
+    planted = bug.plant(clean)
+    same_labels = torch.equal(planted.data.train.labels, clean.data.train.labels)
+    same_images = torch.equal(planted.data.train.images, clean.data.train.images)
+    assert not (same_labels and same_images), f"{bug.name} plants nothing"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_clean_pipeline_fails_no_check_on_sample(sample, kind, seed):
+    pipeline = clean_pipelines(TrainConfig(seed=seed), sample)[f"{CLEAN}:{kind}"]
+    torch.manual_seed(seed)
+    results = run_stages(pipeline, all_checks(), gate=False)
+    assert not any(r.verdict.blocks for r in results), _failures(results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_clean_pipeline_fails_no_check_on_fashion_mnist(fashion, kind, seed):
+    pipeline = clean_pipelines(TrainConfig(seed=seed), fashion)[f"{CLEAN}:{kind}"]
+    torch.manual_seed(seed)
+    results = run_stages(pipeline, all_checks(), gate=False)
+    assert not any(r.verdict.blocks for r in results), _failures(results)
+
+
+@pytest.mark.slow
+def test_detection_matrix_catches_every_declared_bug(sample):
+    rows = run_zoo(sample, seed=0)
+    caught, total = detection_rate(rows)
+    assert caught / total >= 0.9
+    assert [row.name for row in rows if row.missed] == []
