@@ -27,7 +27,19 @@ def recipe_epoch(pipeline: Pipeline) -> float:
     return fit(pipeline, quiet=True).history[0]["seconds"]
 
 
-def run(data: DataBundle, config, rounds: int, idx_dir: Path = DEBIAN_FASHION_DIR) -> dict:
+def profile_recipe_epoch(pipeline: Pipeline, rows: int = 15) -> str:
+    """torch.profiler's table of one (warm) recipe epoch, ops sorted by their own CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    recipe_epoch(pipeline)  # warm: the normalised split is cached
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if pipeline.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        recipe_epoch(pipeline)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def run(data: DataBundle, config, rounds: int, idx_dir: Path = DEBIAN_FASHION_DIR,
+        profile: bool = False) -> dict:
     pipeline = default_pipeline(dataclasses.replace(config, epochs=1), data)
     device = pipeline.device
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,5 +73,6 @@ def run(data: DataBundle, config, rounds: int, idx_dir: Path = DEBIAN_FASHION_DI
         Row("epoch", "first epoch: reference / recipe", times["reference"][0], "s",
             note=f"recipe {times['recipe'][0]:.3f} s (normalises the split once)"),
     ]
-    return {"rows": rows, "times_s": times, "warm_median_s": warm, "speedup": speedup,
+    profile_table = profile_recipe_epoch(pipeline) if profile else None
+    return {"rows": rows, "profile": profile_table, "times_s": times, "warm_median_s": warm, "speedup": speedup,
             "speedup_median_per_round": per_round, "config": config.as_dict(), "device": str(device)}

@@ -53,7 +53,8 @@ def run_once(device: str) -> tuple[float, int, list[dict]]:
 def run(device: str, repeats: int) -> dict:
     if not check_available():
         print("preflight: skipped: recipe check not available")
-        return {"skipped": "recipe check not available", "rows": []}
+        return {"skipped": "recipe check not available",
+                "rows": [Row("preflight", "skipped: recipe check not available", None, "")]}
     runs = [run_once(device) for _ in range(repeats)]
     wall = median([seconds for seconds, _, _ in runs])
     codes = [code for _, code, _ in runs]

@@ -34,8 +34,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3,
                         help="repeats of the sklearn and preflight parts (default: 3)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for every loop (default: PyTorch's own choice)")
+                        help="torch.set_num_threads for every loop, and the BLAS threads of scikit-learn "
+                        "(default: the libraries' own choice; 1 is steadier on a shared machine)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of the epoch part (default: 64)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one recipe epoch (torch.profiler) and print its top ops")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -64,8 +67,9 @@ def run_parts(parts: list[str], device: str, args: argparse.Namespace, label: st
     from recipe.data import load_data
 
     if device == "cuda" and not torch.cuda.is_available():
-        print(f"{label or 'cuda'}: skipped: no CUDA")
-        return {part: {"skipped": "no CUDA", "rows": []} for part in parts}
+        print(f"{(label or device).rstrip('/')}: skipped: no CUDA")
+        return {part: {"skipped": "no CUDA", "rows": [Row(f"{label}{part}", "skipped: no CUDA", None, "")]}
+                for part in parts}
     results = {}
     data = load_data("fashion-mnist", device=device, download=False) if set(parts) & {"epoch", "sklearn"} else None
     for part in parts:
@@ -74,11 +78,12 @@ def run_parts(parts: list[str], device: str, args: argparse.Namespace, label: st
         if part == "epoch":
             from bench import epoch
 
-            results[part] = epoch.run(data, TrainConfig(batch_size=args.batch_size), args.rounds)
+            results[part] = epoch.run(data, TrainConfig(batch_size=args.batch_size), args.rounds,
+                                      profile=args.profile)
         elif part == "sklearn":
             from bench import accuracy
 
-            results[part] = accuracy.run(data, accuracy.FAST_CONFIG, args.repeats)
+            results[part] = accuracy.run(data, accuracy.FAST_CONFIG, args.repeats, args.threads)
         elif part == "scaling":
             from bench import scaling
 
@@ -112,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
           f"load average {m['load_average_start'][0]:.1f} -> {m['load_average_end'][0]:.1f}")
     print(format_table(rows))
+    for name, result in report["parts"].items():
+        if result.get("profile"):
+            print(f"\n{name}: one recipe epoch under torch.profiler\n{result['profile']}")
     for result in report["parts"].values():
         result["rows"] = [row.as_dict() for row in result.get("rows", [])]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Part 4: epoch time and peak memory at 1x, 4x and 10x the train data (synthetic copies).
 
-Each scale runs in its own process, so its peak memory is its own (Linux ru_maxrss; on CUDA,
+Each scale runs in its own process, so its peak memory is its own (VmHWM; on CUDA,
 torch.cuda.max_memory_allocated). Linear growth shows as a per-copy cost ratio near 1.0.
 
     python -m bench.scaling --scale 4 --device cpu     # one scale, prints one JSON line
@@ -72,9 +72,10 @@ def run(device: str, config, threads: int | None, scales=SCALES) -> dict:
                         ratio=per_copy_time / base_time, target="~1.0 (linear)",
                         note=f"ratio = (time / {k}) / 1x time; first epoch {res['epoch_s'][0]:.2f} s"))
         if k == base["scale"]:
+            above = "" if device == "cuda" else \
+                f"{res[memory_key] - res['rss_at_start_mb']:.0f} MB above the process before loading; "
             rows.append(Row("scaling", f"{k}x peak memory", res[memory_key], "MB",
-                            note=f"{res[memory_key] - res.get('rss_at_start_mb', 0):.0f} MB above the process "
-                                 f"before loading; one copy of the data holds {copy_mb:.0f} MB"))
+                            note=f"{above}one copy of the data holds {copy_mb:.0f} MB"))
             continue
         extra = (res[memory_key] - base[memory_key]) / (k - base["scale"])
         rows.append(Row("scaling", f"{k}x peak memory", res[memory_key], "MB", ratio=extra / copy_mb,
