@@ -106,8 +106,8 @@ def _with_model(pipeline: Pipeline, build: Callable[[nn.Module], nn.Module]) -> 
     return replace(pipeline, make_model=lambda: build(inner()).to(pipeline.device))
 
 
-def _map_splits(data: DataBundle, edit: Callable[[Split], Split], names=("train", "val", "test")) -> DataBundle:
-    return replace(data, **{name: edit(data.split(name)) for name in names})
+def _map_splits(data: DataBundle, edit: Callable[[Split], Split]) -> DataBundle:
+    return replace(data, **{name: edit(data.split(name)) for name in ("train", "val", "test")})
 
 
 # ---------------------------------------------------------------- data and loader bugs
@@ -146,7 +146,7 @@ def norm_stats_from_test(pipeline: Pipeline) -> Pipeline:
     return replace(pipeline, norm=stats, batches=batches)
 
 
-def test_leaked_into_train(pipeline: Pipeline) -> Pipeline:
+def leaked_test_images(pipeline: Pipeline) -> Pipeline:
     """The test images were concatenated into the training set."""
     data = pipeline.data
     train = Split(torch.cat([data.train.images, data.test.images]), torch.cat([data.train.labels, data.test.labels]))
@@ -311,7 +311,7 @@ ZOO: tuple[Bug, ...] = (
     Bug("norm_stats_from_test", norm_stats_from_test.__doc__, norm_stats_from_test,
         ("normalisation_stats_source",), ("test split",),
         "pipeline.norm equals the test split's statistics, not train's"),
-    Bug("test_leaked_into_train", test_leaked_into_train.__doc__, test_leaked_into_train,
+    Bug("test_leaked_into_train", leaked_test_images.__doc__, leaked_test_images,
         ("duplicates_and_leakage",), ("test images leaked",),
         "every test image also appears, byte for byte, in train"),
     Bug("class_missing_from_train", class_missing_from_train.__doc__, class_missing_from_train,

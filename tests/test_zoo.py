@@ -91,3 +91,34 @@ def test_detection_matrix_catches_every_declared_bug(sample):
     caught, total = detection_rate(rows)
     assert caught / total >= 0.9
     assert [row.name for row in rows if row.missed] == []
+
+
+def _row(name, bug, verdicts):
+    from checks.result import CheckResult
+    from checks.zoo import ZooRow
+    return ZooRow(name, bug, {check: CheckResult(check, "skeleton", Verdict(v), None, None, "", f"{check} says {v}")
+                              for check, v in verdicts.items()})
+
+
+def test_matrix_reports_rate_misses_false_alarms_and_uncaught_bugs():
+    from checks.zoo import Bug, render_markdown, render_text
+
+    caught = Bug("caught_bug", "planted A.", lambda p: p, ("a",), ("says",), "a sees it")
+    missed = Bug("missed_bug", "planted B.", lambda p: p, ("b",), ("says",), "b should see it")
+    unseen = Bug("unseen_bug", "planted C.", lambda p: p, (), (), "nothing can see C")
+    rows = [_row("clean:linear", None, {"a": "PASS", "b": "FAIL"}),
+            _row("caught_bug", caught, {"a": "FAIL", "b": "PASS"}),
+            _row("missed_bug", missed, {"a": "PASS", "b": "WARN"}),
+            _row("unseen_bug", unseen, {"a": "PASS", "b": "PASS"})]
+    assert detection_rate(rows) == (1, 3)
+    text = render_text(rows)
+    assert "detection rate: 1/3" in text
+    assert "FALSE ALARM on clean:linear: b: b says FAIL" in text
+    assert "missed_bug: expected b to FAIL, got WARN" not in text  # no FAIL at all: listed as not caught
+    assert "not caught: missed_bug: planted B. Why: b should see it" in text
+    assert "not caught: unseen_bug: planted C. Why: nothing can see C" in text
+    caught_line = next(line for line in text.splitlines() if line.startswith("caught_bug"))
+    assert caught_line.split()[1:] == ["F*", "P", "caught"]
+    markdown = render_markdown(rows)
+    assert markdown.splitlines()[0] == "| pipeline | `a` | `b` | verdict |"
+    assert "| `missed_bug` | P | W* | MISSED b |" in markdown
