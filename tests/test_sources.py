@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,15 @@ def test_directory_where_a_file_is_expected(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").mkdir()
     with pytest.raises(DataError, match=r"cannot read .*train-images-idx3-ubyte"):
         sources.read_idx(tmp_path / "train-images-idx3-ubyte", 3)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode; "
+                                             "test_permission_denied simulates it instead")
+def test_unreadable_file(tmp_path):
+    path = write_bytes(tmp_path / "t10k-labels-idx1-ubyte", idx_bytes(np.zeros(3, np.uint8)))
+    path.chmod(0)
+    with pytest.raises(DataError, match="permission denied; fix its permissions"):
+        sources.read_idx(path, 1)
 
 
 def test_permission_denied(tmp_path, monkeypatch):
