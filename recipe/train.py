@@ -115,6 +115,7 @@ def fit(pipeline: "Pipeline", out_dir: str | Path | None = None, *, resume: bool
     start_epoch = 0
     if resume:
         start_epoch, result.history = load_checkpoint(out_dir, pipeline, model, optimizer)
+    saved = start_epoch  # epochs in the checkpoint on disk: Ctrl-C can land between training and saving
     show = progress_enabled(quiet)
     epochs = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not show,
                   initial=start_epoch, total=config.epochs)
@@ -130,10 +131,11 @@ def fit(pipeline: "Pipeline", out_dir: str | Path | None = None, *, resume: bool
             epochs.set_postfix(val_acc=f"{row['val_accuracy']:.4f}")
             if out_dir is not None:
                 result.checkpoint = save_checkpoint(out_dir, pipeline, model, optimizer, epoch + 1, result.history)
+                saved = epoch + 1
                 write_metrics(out_dir / METRICS_NAME, result.history)
     except KeyboardInterrupt:
-        done = len(result.history)
-        result.stopped = f"interrupted during epoch {done + 1}; the checkpoint after epoch {done} is kept"
+        kept = f"the checkpoint after epoch {saved} is kept" if out_dir is not None and saved else "no checkpoint was saved"
+        result.stopped = f"interrupted during epoch {len(result.history) + 1}; {kept}"
     epochs.close()
     if result.stopped is None:
         result.test = evaluate(model, pipeline, "test")

@@ -19,7 +19,7 @@ SEED = 7
 
 
 def _pipeline(data, **overrides):
-    return default_pipeline(TrainConfig(epochs=EPOCHS, seed=SEED, **overrides), data)
+    return default_pipeline(TrainConfig(**{"epochs": EPOCHS, "seed": SEED, **overrides}), data)
 
 
 def _steps_per_epoch(pipeline) -> int:
@@ -104,6 +104,30 @@ def test_resume_after_interrupt_is_bit_identical(sample_data, full_run, tmp_path
     for name, tensor in reference.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
     assert resumed.test == reference.test
+
+
+def test_interrupt_while_saving_names_the_checkpoint_really_kept(sample_data, tmp_path, monkeypatch):
+    from recipe import train
+
+    real_save, calls = train.save_checkpoint, []
+
+    def save_then_interrupt(*args):  # Ctrl-C lands while epoch 2's checkpoint is being written
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(*args)
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_interrupt)
+    result = fit(_pipeline(sample_data, epochs=3), tmp_path, quiet=True)
+    assert result.stopped.endswith("the checkpoint after epoch 1 is kept")
+    assert _checkpoint(tmp_path)["epochs_done"] == 1
+
+
+def test_interrupt_without_out_dir_claims_no_checkpoint(sample_data):
+    pipeline = _pipeline(sample_data)
+    result = fit(dataclasses.replace(pipeline, train_step=_InterruptAfter(pipeline.train_step, 3)), quiet=True)
+    assert result.stopped == "interrupted during epoch 1; no checkpoint was saved"
+    assert result.test is None and result.checkpoint is None
 
 
 def test_resume_with_another_config_is_refused(sample_data, full_run):
