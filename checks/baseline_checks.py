@@ -36,13 +36,20 @@ def input_independent_baseline(pipeline: Pipeline, steps: int = 300, min_gain: f
                            f"with all-zero inputs the model still reaches {zero_acc:.4f} val accuracy (majority class: "
                            f"{majority:.4f}): labels reach the model through something other than the pixels "
                            "(a target leak in the model, the loader or the loss).", figures=[figure], details=details)
-    if gain < min_gain or not real_loss < zero_loss:
+    if gain < min_gain:
         return CheckResult("input_independent_baseline", STAGE, Verdict.FAIL, gain, min_gain, ">=",
                            f"real inputs are no better than zero inputs after {steps} steps: val accuracy {real_acc:.4f} "
                            f"vs {zero_acc:.4f} (need +{min_gain}), loss {real_loss:.4f} vs {zero_loss:.4f}. The model "
                            "does not learn from the pixels: the learning rate is far too low or too high, gradients do "
                            "not reach the weights (frozen/detached layer), the loss is wrong (sign, MSE on class "
                            "indices), or the inputs are garbage.", figures=[figure], details=details)
+    if not real_loss < zero_loss:
+        return CheckResult("input_independent_baseline", STAGE, Verdict.FAIL, real_loss, zero_loss, "<",
+                           f"real inputs reach higher val accuracy ({real_acc:.4f} vs {zero_acc:.4f}) but a WORSE val "
+                           f"cross-entropy than zero inputs ({real_loss:.4f} vs {zero_loss:.4f}) after {steps} steps: the "
+                           "model is wildly over-confident when wrong. Typical causes: the learning rate is too high, "
+                           "the inputs are not normalised (huge logits), or gradients accumulate (no zero_grad).",
+                           figures=[figure], details=details)
     return CheckResult("input_independent_baseline", STAGE, Verdict.PASS, gain, min_gain, ">=",
                        f"after {steps} steps real inputs reach {real_acc:.4f} val accuracy (loss {real_loss:.4f}); zero "
                        f"inputs reach {zero_acc:.4f} (loss {zero_loss:.4f}), near the majority class {majority:.4f}.",
@@ -91,8 +98,9 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
                  "too low, gradients not flowing (frozen/detached layer, clipped loss), a loss that can't reach 0 "
                  "(MSE on class indices, softmax before cross-entropy), or labels that don't match the inputs")
     elif accuracy < 1.0:
-        cause = (f"the loss reached {final:.4f} but only {accuracy:.0%} of the batch is predicted right: the loss "
-                 "does not measure classification (wrong target encoding or wrong loss)")
+        cause = (f"the loss reached {final:.4f} but after that step only {accuracy:.0%} of the batch is predicted "
+                 "right: the step jumped away from the solution (learning rate too high), or the loss does not "
+                 "measure classification (wrong target encoding or wrong loss)")
     else:
         return CheckResult("overfit_one_batch", STAGE, Verdict.PASS, final, loss_threshold, "<",
                            f"memorised a batch of {len(y)} in {len(losses)} steps: loss {final:.4f} < {loss_threshold}, "
@@ -104,25 +112,31 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
 
 def training_loss_decreases(pipeline: Pipeline, steps: int = 200, window: int = 20,
                             min_drop: float = 0.2) -> CheckResult:
-    """Over a short run the mean loss of the last window is clearly below the first window's."""
+    """Over a short run the mean loss of the last window is clearly below the first window's, and the
+    loss never jumps above twice its first value (an overshooting learning rate)."""
     _, losses = short_training(pipeline, steps)
     first = sum(losses[:window]) / window
     last = sum(losses[-window:]) / window
     drop = (first - last) / abs(first) if first != 0 and math.isfinite(first) and math.isfinite(last) else -math.inf
+    peak = max(losses, key=lambda v: v if math.isfinite(v) else math.inf)
+    jumped = not math.isfinite(peak) or peak > 2 * abs(losses[0])
     figure = Figure("lines", f"training loss, first {steps} steps", {"series": {"loss": losses}, "xlabel": "step",
                                                                      "ylabel": "loss"})
     ok = (f"the mean loss fell from {first:.4f} (first {window} steps) to {last:.4f} (last {window}): "
           f"-{drop:.0%} (need -{min_drop:.0%}).")
     if last < 0:
         why = "the loss went negative: it has the wrong sign"
+    elif jumped:
+        why = (f"the loss jumped from {losses[0]:.4f} at the first step to {peak:.4g}, more than twice its start: "
+               "the learning rate is too high (it overshoots, then recovers only partly)")
     elif not math.isfinite(last) or last > first:
         why = "the loss went up or to NaN: the learning rate is too high, or the loss has the wrong sign"
     else:
         why = ("it barely moved: the learning rate is too low, gradients don't reach the weights, or the loss is "
                "clipped/saturated")
     fail = (f"the mean loss went from {first:.4f} (first {window} steps) to {last:.4f} (last {window}) over {steps} "
-            f"steps; a {min_drop:.0%} drop was expected: {why}.")
-    passed = math.isfinite(drop) and drop >= min_drop and last >= 0
+            f"steps; a {min_drop:.0%} drop, never above twice the first loss, was expected: {why}.")
+    passed = math.isfinite(drop) and drop >= min_drop and last >= 0 and not jumped
     return CheckResult("training_loss_decreases", STAGE, Verdict.PASS if passed else Verdict.FAIL,
                        drop if math.isfinite(drop) else None, min_drop, ">=", ok if passed else fail,
                        figures=[figure], details={"first_window": first, "last_window": last})

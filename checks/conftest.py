@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 
 import pytest
+import torch
 
 from checks.result import STAGES, CheckResult, Verdict, run_check
 
@@ -44,6 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default = getattr(TrainConfig(), option.name)
         group.addoption(f"--{option.name.replace('_', '-')}", dest=option.name, type=type(default), default=default,
                         help=f"TrainConfig.{option.name} (default: {default})")
+    group.addoption("--threads", type=int, default=1,
+                    help="CPU threads for torch (default 1: the models are tiny, extra threads only add overhead)")
     group.addoption("--report-dir", default="reports", help="where the report folder goes (default: ./reports)")
     group.addoption("--no-report", action="store_true", help="do not write a report")
     group.addoption("--run-dir", default=None, help=argparse_suppress())
@@ -71,6 +74,10 @@ def build_session_pipeline(config: pytest.Config):
 
     state = config.stash[RESULTS_KEY]
     started = time.perf_counter()
+    threads = config.getoption("--threads")
+    if threads < 1:
+        raise pytest.UsageError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
     try:
         train_config = TrainConfig(**{f.name: config.getoption(f.name) for f in fields(TrainConfig)})
         device = resolve_device(config.getoption("--device"))

@@ -232,9 +232,9 @@ def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_exampl
     total = features.var(dim=0, unbiased=False)
     class_means = torch.zeros(pipeline.num_classes, features.shape[1], dtype=torch.float64, device=features.device)
     class_means.index_add_(0, y, features)
-    counts = torch.bincount(y, minlength=pipeline.num_classes).clamp(min=1).to(features)
-    class_means /= counts[:, None]
-    between = ((class_means - features.mean(0)) ** 2 * counts[:, None]).sum(0) / len(y)
+    counts = torch.bincount(y, minlength=pipeline.num_classes).to(features)
+    class_means /= counts.clamp(min=1)[:, None]
+    between = ((class_means - features.mean(0)) ** 2 * counts[:, None]).sum(0) / len(y)  # absent classes weigh 0
     eta2 = torch.where(total > 1e-12, between / total, torch.zeros_like(total))
     best = int(eta2.argmax())
     value = eta2[best].item()

@@ -179,6 +179,29 @@ def noisy_train_labels(pipeline: Pipeline) -> Pipeline:
     return _with_data(pipeline, replace(pipeline.data, train=Split(train.images, labels)))
 
 
+def labels_permuted_in_dataset(pipeline: Pipeline) -> Pipeline:
+    """The label file was re-ordered apart from the image file (e.g. sorted separately) when the set was built."""
+    train = pipeline.data.train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).to(train.labels.device)
+    return _with_data(pipeline, replace(pipeline.data, train=Split(train.images, train.labels[order])))
+
+
+def val_from_sorted_tail(pipeline: Pipeline) -> Pipeline:
+    """Val was cut as the last rows of a train set sorted by class: it holds one or two classes only."""
+    data = pipeline.data
+    tail = torch.argsort(data.train.labels, stable=True)[-len(data.val):]
+    return _with_data(pipeline, replace(data, val=Split(data.train.images[tail], data.train.labels[tail])))
+
+
+def unseeded_shuffle(pipeline: Pipeline) -> Pipeline:
+    """The loader shuffles with numpy's global RNG, which torch.manual_seed does not seed."""
+    import numpy as np
+
+    def order(split: Split, shuffle: bool, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.from_numpy(np.random.permutation(len(split))) if shuffle else torch.arange(len(split))
+    return _loader_with_order(pipeline, order)
+
+
 def sorted_by_class(pipeline: Pipeline) -> Pipeline:
     """The loader never shuffles and walks the data sorted by class: all 0s, then all 1s, ..."""
     return _loader_with_order(pipeline, lambda split, shuffle, generator: torch.argsort(split.labels, stable=True).cpu())
@@ -368,12 +391,23 @@ ZOO: tuple[Bug, ...] = (
         ("gradient_flow", "overfit_one_batch"), ("clipped",),
         "the clamped loss has zero gradient at init, so no parameter ever changes"),
     Bug("lr_100x_too_high", lr_100x_too_high.__doc__, lr_100x_too_high,
-        ("input_independent_baseline",), ("too high",),
-        "the loss jumps from ln(C) to ~8 in the first steps and stays above the zero-input model's; "
-        "training_loss_decreases does not see it, because it measures from the spike, not from the init"),
+        ("input_independent_baseline", "training_loss_decreases"), ("too high",),
+        "the loss jumps from ln(C) to ~8 in the first steps, and the over-confident model ends with a worse val "
+        "loss than the zero-input model"),
     Bug("lr_far_too_low", lr_far_too_low.__doc__, lr_far_too_low,
-        ("overfit_one_batch",), ("learning rate too low",),
-        "a small batch cannot be overfit in the allotted steps: the loss plateaus near ln(C)"),
+        ("overfit_one_batch", "training_loss_decreases", "prediction_dynamics"), ("too low",),
+        "a small batch cannot be overfit in the allotted steps: the loss plateaus near ln(C), and the "
+        "predictions on fixed val examples never move"),
+    Bug("labels_permuted_in_dataset", labels_permuted_in_dataset.__doc__, labels_permuted_in_dataset,
+        ("label_signal",), ("permuted", "shuffled"),
+        "every class gets the same mean image; the loader is faithful to a source that is itself wrong, "
+        "so only the data stage can see it"),
+    Bug("val_from_sorted_tail", val_from_sorted_tail.__doc__, val_from_sorted_tail,
+        ("class_balance",), ("sorted",),
+        "val's class mix is far from train's (total variation ~0.8)"),
+    Bug("unseeded_shuffle", unseeded_shuffle.__doc__, unseeded_shuffle,
+        ("determinism",), ("not seeded", "unseeded"),
+        "two runs with the same seed draw different batches, so their losses differ from the first step"),
     Bug("no_zero_grad", step_without_zero_grad.__doc__, lambda p: replace(p, train_step=step_without_zero_grad),
         ("gradient_flow",), ("zero_grad",),
         "the second step's gradient on the same batch is the sum of two steps' gradients"),
