@@ -73,6 +73,10 @@ def build_session_pipeline(config: pytest.Config):
     from recipe.pipeline import make_pipeline, resolve_device
 
     state = config.stash[RESULTS_KEY]
+    for plugin in config.pluginmanager.get_plugins():  # `recipe check/run/train` built it already
+        if getattr(plugin, "prebuilt_pipeline", None) is not None:
+            state.pipeline, state.data_load_s = plugin.prebuilt_pipeline, plugin.data_load_s
+            return state.pipeline
     started = time.perf_counter()
     threads = config.getoption("--threads")
     if threads < 1:

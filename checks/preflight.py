@@ -79,9 +79,11 @@ class PreflightOutcome:
 
 
 class _Collector:
-    """A pytest plugin that hands the session's results and pipeline back to the caller."""
+    """A pytest plugin that hands the caller's pipeline to the session and its results back."""
 
-    def __init__(self):
+    def __init__(self, pipeline=None, data_load_s: float = 0.0):
+        self.prebuilt_pipeline = pipeline  # read by checks/conftest.py instead of loading the data again
+        self.data_load_s = data_load_s
         self.state = None
 
     @pytest.hookimpl(trylast=True)
@@ -91,18 +93,17 @@ class _Collector:
         self.state = session.config.stash.get(RESULTS_KEY, None)
 
 
-def run_preflight(options: list[str], quiet: bool = False) -> PreflightOutcome:
-    """Run `pytest checks/ <options>` in this process; `options` are the conftest's (--pipeline, ...)."""
-    import time
+def run_preflight(options: list[str], quiet: bool = False, pipeline=None, data_load_s: float = 0.0) -> PreflightOutcome:
+    """Run `pytest checks/ <options>` in this process; `options` are the conftest's (--pipeline, ...).
 
-    collector = _Collector()
+    A `pipeline` already built from the same options is used as is (the data is loaded once).
+    """
+    collector = _Collector(pipeline, data_load_s)
     args = [str(CHECKS_DIR), "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", str(CHECKS_DIR),
-            "-qq" if quiet else "-q", *options]
-    started = time.perf_counter()
+            *(["-p", "no:terminal"] if quiet else ["-q"]), *options]  # usage errors still print
     exit_code = int(pytest.main(args, plugins=[collector]))
     state = collector.state
     if state is None:
         return PreflightOutcome(exit_code)
-    elapsed = time.perf_counter() - started
     return PreflightOutcome(exit_code, list(state.results), state.pipeline, state.data_load_s,
-                            max(elapsed - state.data_load_s, 0.0))
+                            sum(r.duration_s for r in state.results))

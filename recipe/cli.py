@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
@@ -103,9 +104,12 @@ def load_pipeline(args: argparse.Namespace):
 
     config = config_from_args(args)  # validate flags before the slow part
     device = resolve_device(args.device)
+    started = time.perf_counter()
     data = load_data(args.data, args.data_dir, device, download=not args.no_download)
     say(args, f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test) - {data.reason}")
-    return make_pipeline(args.pipeline, config, data)
+    pipeline = make_pipeline(args.pipeline, config, data)
+    args.data_load_s = time.perf_counter() - started  # reported in the run's timings
+    return pipeline
 
 
 def say(args: argparse.Namespace, line: str) -> None:
@@ -126,11 +130,12 @@ def preflight_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
     return options
 
 
-def run_checks(args: argparse.Namespace, run_dir: Path):
+def run_checks(args: argparse.Namespace, run_dir: Path, pipeline):
     from checks.preflight import PYTEST_USAGE_ERROR, run_preflight
 
     say(args, f"preflight: running the checks into {run_dir}")
-    outcome = run_preflight(preflight_options(args, run_dir), quiet=args.quiet)
+    outcome = run_preflight(preflight_options(args, run_dir), quiet=args.quiet, pipeline=pipeline,
+                            data_load_s=getattr(args, "data_load_s", 0.0))
     if outcome.exit_code == PYTEST_USAGE_ERROR or outcome.pipeline is None:
         _remove_if_empty(run_dir)
         raise RecipeError("the preflight could not start (see the error above)")
@@ -158,8 +163,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from recipe.runs import new_run_dir, point_latest
 
     report_dir = Path(args.report_dir)
+    pipeline = load_pipeline(args)  # a bad flag, path or pipeline stops here, in one line
     run_dir = new_run_dir(report_dir)
-    outcome = run_checks(args, run_dir)
+    outcome = run_checks(args, run_dir, pipeline)
     point_latest(report_dir, run_dir)
     print(f"preflight {_verdict_line(outcome.results)}; report: {run_dir / 'index.html'}")
     return EXIT_OK if outcome.passed else EXIT_FAILED
@@ -170,16 +176,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from recipe.runs import new_run_dir, point_latest
 
     report_dir = Path(args.report_dir)
+    pipeline = load_pipeline(args)
     run_dir = new_run_dir(report_dir)
-    outcome = run_checks(args, run_dir)
+    outcome = run_checks(args, run_dir, pipeline)
     point_latest(report_dir, run_dir)
     if not outcome.passed and not args.force:
         print(f"preflight {_verdict_line(outcome.results)}: not training. Fix the failing checks "
               f"(or pass --force); report: {run_dir / 'index.html'}", file=sys.stderr)
         return EXIT_FAILED
-    timings = {"data_load_s": outcome.data_load_s, "checks_s": outcome.checks_s}
-    return train_and_report(args, outcome.pipeline, outcome.results, run_dir, timings,
-                            forced=not outcome.passed)
+    timings = {"data_load_s": args.data_load_s, "checks_s": outcome.checks_s}
+    return train_and_report(args, pipeline, outcome.results, run_dir, timings, forced=not outcome.passed)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -196,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     forced = False
     if found is None:
         say(args, "no preflight for this pipeline, data and config yet: running it first")
-        outcome = run_checks(args, run_dir)
+        outcome = run_checks(args, run_dir, pipeline)
         results, ok, where = outcome.results, outcome.passed, run_dir
     else:
         where, record = found
@@ -224,8 +230,6 @@ def _result_from_json(row: dict):
 
 def train_and_report(args: argparse.Namespace, pipeline, results, run_dir: Path, timings: dict,
                      forced: bool) -> int:
-    import time
-
     from checks.preflight import write_run_report
     from checks.report.training import training_summary
     from recipe.train import fit
