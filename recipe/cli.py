@@ -218,7 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         forced = True
         print("recipe: --force: training despite failing checks; the report will say so", file=sys.stderr)
     point_latest(report_dir, run_dir)
-    return train_and_report(args, pipeline, results, run_dir, {}, forced=forced)
+    return train_and_report(args, pipeline, results, run_dir, {"data_load_s": args.data_load_s}, forced=forced)
 
 
 def _result_from_json(row: dict):
