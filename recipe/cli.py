@@ -74,11 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="run folder (default: a new <report-dir>/<UTC time>/)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out "
                        "(default: <report-dir>/latest)")
-    report = commands.add_parser("report", help="re-render a report from its saved results (runs nothing)")
+    report = commands.add_parser("report", parents=[common], help="re-render a report from its saved results "
+                                 "(runs nothing; of the common options only --report-dir matters)")
     report.add_argument("run_dir", nargs="?", default=None, help="run folder (default: <report-dir>/latest)")
-    report.add_argument("--report-dir", default="reports")
-    report.add_argument("--quiet", action="store_true")
-    report.add_argument("--debug", action="store_true")
     return parser
 
 
