@@ -27,6 +27,7 @@ class PreflightState:
     results: list[CheckResult] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     report_path: object = None
+    data_reported_by_caller: bool = False  # the CLI already said which data it loaded
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -76,6 +77,7 @@ def build_session_pipeline(config: pytest.Config):
     for plugin in config.pluginmanager.get_plugins():  # `recipe check/run/train` built it already
         if getattr(plugin, "prebuilt_pipeline", None) is not None:
             state.pipeline, state.data_load_s = plugin.prebuilt_pipeline, plugin.data_load_s
+            state.data_reported_by_caller = True
             return state.pipeline
     started = time.perf_counter()
     threads = config.getoption("--threads")
@@ -149,8 +151,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     state = config.stash.get(RESULTS_KEY, None)
     if state is None or state.pipeline is None:
         return
-    data = state.pipeline.data
-    terminalreporter.write_line(f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / "
-                                f"{len(data.test)} test) - {data.reason}")
+    if not state.data_reported_by_caller:
+        data = state.pipeline.data
+        terminalreporter.write_line(f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / "
+                                    f"{len(data.test)} test) - {data.reason}")
     if state.report_path is not None:
         terminalreporter.write_line(f"preflight report: {state.report_path}")
