@@ -31,24 +31,11 @@ class PreflightState:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    from recipe.config import TrainConfig
-    from recipe.data import SOURCES
-    from recipe.pipeline import DEFAULT_PIPELINE
+    from recipe.options import data_options, training_options
 
     group = parser.getgroup("recipe", "recipe preflight checks")
-    group.addoption("--pipeline", default=DEFAULT_PIPELINE,
-                    help="pipeline factory 'module:build' or 'file.py:build' (imports your code)")
-    group.addoption("--data", default="auto", choices=SOURCES, help="data source (default: auto)")
-    group.addoption("--data-dir", default="data", help="folder with IDX files (default: ./data)")
-    group.addoption("--no-download", action="store_true", help="never try to download data")
-    group.addoption("--device", default="cpu", help="cpu, cuda or auto")
-    for option in fields(TrainConfig):  # the training settings the pipeline is built with (--lr, --seed, ...)
-        default = getattr(TrainConfig(), option.name)
-        group.addoption(f"--{option.name.replace('_', '-')}", dest=option.name, type=type(default), default=default,
-                        help=f"TrainConfig.{option.name} (default: {default})")
-    group.addoption("--threads", type=int, default=1,
-                    help="CPU threads for torch (default 1: the models are tiny, extra threads only add overhead)")
-    group.addoption("--report-dir", default="reports", help="where the report folder goes (default: ./reports)")
+    for flag, spec in data_options() + training_options():
+        group.addoption(flag, **spec)
     group.addoption("--no-report", action="store_true", help="do not write a report")
     group.addoption("--run-dir", default=None, help=argparse_suppress())
     group.addoption("--no-gate", action="store_true", help="run later stages even if an earlier stage FAILed")
@@ -85,7 +72,8 @@ def build_session_pipeline(config: pytest.Config):
         raise pytest.UsageError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
     try:
-        train_config = TrainConfig(**{f.name: config.getoption(f.name) for f in fields(TrainConfig)})
+        train_config = TrainConfig(**{f.name: config.getoption(f"--{f.name.replace('_', '-')}")
+                                      for f in fields(TrainConfig)})
         device = resolve_device(config.getoption("--device"))
         data = load_data(config.getoption("--data"), config.getoption("--data-dir"), device,
                          download=not config.getoption("--no-download"))

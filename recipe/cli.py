@@ -23,38 +23,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common_options() -> argparse.ArgumentParser:
-    from recipe.data import SOURCES
-    from recipe.pipeline import DEFAULT_PIPELINE
+    from recipe.options import data_options
 
     common = _Parser(add_help=False, allow_abbrev=False)
-    common.add_argument("--pipeline", default=DEFAULT_PIPELINE,
-                        help="factory 'module:build' or 'file.py:build' returning a Pipeline (imports your code)")
-    common.add_argument("--data", default="auto", choices=SOURCES, help="data source (default: auto)")
-    common.add_argument("--data-dir", default="data", help="folder with the IDX files (default: ./data)")
-    common.add_argument("--no-download", action="store_true", help="never try to download data")
-    common.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
-    common.add_argument("--report-dir", default="reports", help="where run folders go (default: ./reports)")
+    for flag, spec in data_options():
+        common.add_argument(flag, **spec)
     common.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch (default 1: the models are tiny, and extra threads only add "
-                             "overhead, ~100x on a busy 2-core machine)")
     return common
 
 
 def _training_options(parser: argparse.ArgumentParser) -> None:
-    from recipe.config import OPTIMIZERS, SCHEDULES, TrainConfig
+    from recipe.options import training_options
 
-    defaults = TrainConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
-    parser.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--augment", default=defaults.augment, help="none or shift-rotate")
+    for flag, spec in training_options():
+        parser.add_argument(flag, **spec)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,7 +87,7 @@ BAD_FLAGS = {
     "zero-batch-size": (lambda tmp: ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     "zero-lr": (lambda tmp: ["--lr", "0"], "--lr must be positive"),
     "unknown-optimizer": (lambda tmp: ["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
-    "unknown-augment": (lambda tmp: ["--augment", "flip"], "unknown --augment 'flip'"),
+    "unknown-augment": (lambda tmp: ["--augment", "flip"], "argument --augment: invalid choice: 'flip'"),
     "non-integer-epochs": (lambda tmp: ["--epochs", "two"], "invalid int value: 'two'"),
     "unknown-flag": (lambda tmp: ["--epochz", "3"], "unrecognized arguments"),
     "unknown-device": (lambda tmp: ["--device", "tpu"], "unknown --device 'tpu'"),
