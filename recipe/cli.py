@@ -222,7 +222,8 @@ def train_and_report(args: argparse.Namespace, pipeline, results, run_dir: Path,
                "total_s": sum(timings.get(k, 0.0) for k in ("data_load_s", "checks_s")) + training_s}
     summary = training_summary(pipeline, result)
     index = write_run_report(run_dir, results, pipeline, args.pipeline, timings, summary, forced)
-    return report_training(args, result, index)
+    code = report_training(args, result, index)
+    return EXIT_FAILED if forced and code == EXIT_OK else code  # trained, but the checks did fail
 
 
 def report_training(args: argparse.Namespace, result, index: Path) -> int:
