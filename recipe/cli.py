@@ -140,6 +140,13 @@ def _verdict_line(results) -> str:
     return f"{worst(r.verdict for r in results).value} ({len(results)} checks: {spread})"
 
 
+def _print_failures(results) -> None:
+    """Each FAIL/ERROR in one line, so the cause is on screen without opening the report."""
+    for r in results:
+        if r.verdict.blocks:
+            print(f"  {r.stage}/{r.name} {r.verdict.value}: {r.message}", file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from recipe.runs import new_run_dir, point_latest
 
@@ -148,6 +155,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     run_dir = new_run_dir(report_dir)
     outcome = run_checks(args, run_dir, pipeline)
     point_latest(report_dir, run_dir)
+    _print_failures(outcome.results)
     print(f"preflight {_verdict_line(outcome.results)}; report: {run_dir / 'index.html'}")
     return EXIT_OK if outcome.passed else EXIT_FAILED
 
@@ -161,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = new_run_dir(report_dir)
     outcome = run_checks(args, run_dir, pipeline)
     point_latest(report_dir, run_dir)
+    _print_failures(outcome.results)
     if not outcome.passed and not args.force:
         print(f"preflight {_verdict_line(outcome.results)}: not training. Fix the failing checks "
               f"(or pass --force); report: {run_dir / 'index.html'}", file=sys.stderr)
