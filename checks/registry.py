@@ -1,6 +1,7 @@
 """Which checks run in which stage, in order. The pytest tests and the zoo both read this."""
 from __future__ import annotations
 
+from checks import augmentation_checks as augmentation
 from checks import baseline_checks as baselines
 from checks import data_checks as data
 from checks import skeleton_checks as skeleton
@@ -9,7 +10,7 @@ CHECKS_BY_STAGE = {
     "data": [data.integrity, data.class_balance, data.duplicates_and_leakage, data.normalisation_stats_source,
              data.input_normalisation, data.target_leak, data.label_signal],
     "skeleton": [skeleton.determinism, skeleton.what_goes_into_the_net, skeleton.label_pairing,
-                 skeleton.batch_sampling, skeleton.augmentation_consistency, skeleton.output_sanity,
+                 skeleton.batch_sampling, augmentation.augmentation_consistency, skeleton.output_sanity,
                  skeleton.loss_at_init, skeleton.batch_independence, skeleton.gradient_flow],
     "baselines": [baselines.input_independent_baseline, baselines.overfit_one_batch,
                   baselines.training_loss_decreases, baselines.prediction_dynamics],
