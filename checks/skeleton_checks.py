@@ -278,7 +278,6 @@ def gradient_flow(pipeline: Pipeline) -> CheckResult:
     unchanged = [n for n, p in named.items() if n not in frozen and torch.equal(p.detach(), before[n])]
     # Second step on the same batch from a fresh copy of the *updated* weights: its true gradient is
     # what a fresh backward gives; a missing zero_grad makes p.grad that plus the first gradient.
-    expected = {}
     probe = fresh_model(pipeline)
     probe.load_state_dict(model.state_dict())
     pipeline.loss_fn(probe(batch.x), batch.y).backward()

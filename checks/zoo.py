@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from checks.registry import CHECKS_BY_STAGE
 from checks.result import CheckResult, Verdict, run_stages
 from recipe.augment import per_image
 from recipe.config import TrainConfig
@@ -438,20 +439,6 @@ class ZooRow:
         return [name for name in expected if name not in self.results or self.results[name].verdict is not Verdict.FAIL]
 
 
-def all_checks() -> dict[str, list[Callable[[Pipeline], CheckResult]]]:
-    from checks.registry import CHECKS_BY_STAGE  # late: the catalogue itself needs no checks
-    return CHECKS_BY_STAGE
-
-
-def check_named(name: str) -> tuple[str, Callable[[Pipeline], CheckResult]]:
-    """(stage, check function) for a check name, from the registry."""
-    for stage, checks in all_checks().items():
-        for check in checks:
-            if check.__name__ == name:
-                return stage, check
-    raise KeyError(f"no check named {name!r} in checks.registry")
-
-
 def clean_pipelines(config: TrainConfig, data: DataBundle) -> dict[str, Pipeline]:
     return {f"{CLEAN}:linear": default_pipeline(config, data), f"{CLEAN}:mlp": mlp_pipeline(config, data)}
 
@@ -464,7 +451,7 @@ def run_zoo(data: DataBundle, seed: int = 0, bugs: tuple[Bug, ...] = ZOO) -> lis
     rows = []
     for name, bug, pipeline in [(name, None, p) for name, p in cleans.items()] + planted:
         torch.manual_seed(seed)
-        results = run_stages(pipeline, all_checks(), gate=False)
+        results = run_stages(pipeline, CHECKS_BY_STAGE, gate=False)
         rows.append(ZooRow(name, bug, {r.name: r for r in results}))
     return rows
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from checks.result import Verdict, run_check, run_stages
-from checks.zoo import CLEAN, ZOO, all_checks, check_named, clean_pipelines, detection_rate, run_zoo
+from checks.registry import CHECKS, CHECKS_BY_STAGE
+from checks.zoo import CLEAN, ZOO, clean_pipelines, detection_rate, run_zoo
 from recipe.config import TrainConfig
 from recipe.data import load_data
 from recipe.errors import DataError
@@ -49,7 +50,7 @@ def test_the_zoo_is_big_enough_and_declares_at_least_90_percent_caught():
 @pytest.mark.parametrize("bug", [bug for bug in ZOO if bug.must_fail], ids=lambda bug: bug.name)
 def test_planted_bug_fails_its_checks_and_names_the_cause(bug, clean):
     pipeline = bug.plant(clean)
-    results = [run_check(check, pipeline, stage) for stage, check in map(check_named, bug.must_fail)]
+    results = [run_check(check, pipeline, stage) for stage, check in (CHECKS[name] for name in bug.must_fail)]
     not_failed = [f"{r.name}: {r.verdict.value}: {r.message}" for r in results if r.verdict is not Verdict.FAIL]
     assert not not_failed, f"{bug.name} ({bug.description}) was expected to FAIL:\n" + "\n".join(not_failed)
     messages = [r.message.lower() for r in results]
@@ -69,7 +70,7 @@ def test_uncaught_bug_is_really_planted(bug, clean):
 def assert_clean_pipeline_fails_nothing(data, kind: str, seed: int) -> None:
     pipeline = clean_pipelines(TrainConfig(seed=seed), data)[f"{CLEAN}:{kind}"]
     torch.manual_seed(seed)
-    results = run_stages(pipeline, all_checks(), gate=False)
+    results = run_stages(pipeline, CHECKS_BY_STAGE, gate=False)
     assert not any(r.verdict.blocks for r in results), _failures(results)
 
 
