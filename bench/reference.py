@@ -3,9 +3,9 @@
 - `reference_epoch`: the pytorch/examples mnist/main.py way. A torchvision FashionMNIST data set
   (read from the same IDX files, never downloaded), per-sample ToTensor() + Normalize() on PIL
   images, a shuffling DataLoader, and the plain zero_grad / forward / backward / step loop.
-- `bare_epoch`: the least a Python loop can do on in-memory tensors (one index_select per batch,
-  no schedule, no bookkeeping). It is the floor, not a rival: it shows what the recipe's own
-  bookkeeping costs on top.
+- `bare_epoch`: the least a Python loop with an autograd step can do on in-memory tensors (one
+  index_select per batch, no schedule, no bookkeeping). It is a floor, not a rival: it shows what
+  the recipe's own bookkeeping costs on top of the same autograd step.
 """
 from __future__ import annotations
 

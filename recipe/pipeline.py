@@ -21,6 +21,7 @@ from recipe.augment import AUGMENTATIONS
 from recipe.config import TrainConfig
 from recipe.data import BatchFn, DataBundle, NormStats, TensorBatches, norm_stats
 from recipe.errors import RecipeError
+from recipe.linear_step import linear_softmax_step
 from recipe.model import LinearClassifier, MLPClassifier
 from recipe.train import make_optimizer, train_step
 
@@ -62,7 +63,7 @@ class Pipeline:
 
 
 def build_pipeline(name: str, config: TrainConfig, data: DataBundle,
-                   model_class: Callable[..., nn.Module]) -> Pipeline:
+                   model_class: Callable[..., nn.Module], step: StepFn = train_step) -> Pipeline:
     stats = norm_stats(data.train)  # train split only: val and test never inform preprocessing
     augment_factory = AUGMENTATIONS[config.augment]
     augment = augment_factory() if augment_factory else None
@@ -75,13 +76,17 @@ def build_pipeline(name: str, config: TrainConfig, data: DataBundle,
         name=name, data=data, norm=stats,
         batches=TensorBatches(data, stats, config.batch_size, augment),
         make_model=make_model, loss_fn=nn.functional.cross_entropy,
-        make_optimizer=partial(make_optimizer, config), train_step=train_step,
+        make_optimizer=partial(make_optimizer, config), train_step=step,
         config=config, augment=augment)
 
 
 def default_pipeline(config: TrainConfig, data: DataBundle) -> Pipeline:
-    """The lab's pipeline: a linear softmax classifier trained with cross-entropy."""
-    return build_pipeline("linear", config, data, LinearClassifier)
+    """The lab's pipeline: a linear softmax classifier trained with cross-entropy.
+
+    Its step computes the gradient in closed form (see recipe/linear_step.py), and falls back to
+    the autograd `train_step` for any other model or loss.
+    """
+    return build_pipeline("linear", config, data, LinearClassifier, step=linear_softmax_step)
 
 
 def mlp_pipeline(config: TrainConfig, data: DataBundle) -> Pipeline:

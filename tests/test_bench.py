@@ -34,7 +34,7 @@ def test_reference_loader_sees_the_recipe_train_split(tiny_fashion, tmp_path):
 def test_epoch_part_reports_a_ratio_for_each_loop(tiny_fashion):
     folder, data = tiny_fashion
     result = epoch.run(data, TrainConfig(batch_size=16), rounds=1, idx_dir=folder)
-    assert {name: len(times) for name, times in result["times_s"].items()} == {"reference": 2, "recipe": 2, "bare": 2}
+    assert {name: len(times) for name, times in result["times_s"].items()} == {"reference": 2, "recipe": 2, "autograd": 2, "bare": 2}
     recipe_row = next(row for row in result["rows"] if row.item == "recipe fit()")
     assert recipe_row.ratio == pytest.approx(result["warm_median_s"]["reference"] / result["warm_median_s"]["recipe"])
     json.dumps([row.as_dict() for row in result["rows"]])

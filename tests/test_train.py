@@ -175,7 +175,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(sample_data, full_run, tm
     state = _checkpoint(tmp_path)
     assert state["epochs_done"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values())
-    assert _losses(state["history"]) == _losses(reference.history[:1])  # it is epoch 1 of the clean run
+    # it is epoch 1 of the clean run (up to rounding: this loss_fn trains through autograd, the clean
+    # run through the closed-form linear step)
+    assert _losses(state["history"])[0] == pytest.approx(_losses(reference.history[:1])[0], rel=1e-5)
 
 
 def test_linear_gradient_matches_closed_form(sample_data):
