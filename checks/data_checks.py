@@ -113,7 +113,7 @@ def class_balance(pipeline: Pipeline, max_ratio: float = 10.0, max_shift: float 
     return measured("class_balance", STAGE, ratio, max_ratio, "<=", ok, warn, warn=True, **extra)
 
 
-def _image_hashes(images: torch.Tensor) -> list[int]:
+def image_hashes(images: torch.Tensor) -> list[int]:
     flat = images.reshape(len(images), -1).cpu().contiguous().numpy()
     return [hash(row.tobytes()) for row in flat]
 
@@ -123,7 +123,7 @@ def duplicates_and_leakage(pipeline: Pipeline, max_leak_fraction: float = 0.001)
 
     Catches: test (or val) images leaked into train, which makes every held-out number a lie.
     """
-    hashes = {s: _image_hashes(pipeline.data.split(s).images) for s in SPLITS}
+    hashes = {s: image_hashes(pipeline.data.split(s).images) for s in SPLITS}
     within = {s: len(h) - len(set(h)) for s, h in hashes.items()}
     train = set(hashes["train"])
     leaked = {s: sum(h in train for h in hashes[s]) for s in ("val", "test")}

@@ -173,11 +173,33 @@ def label_in_pixel(pipeline: Pipeline) -> Pipeline:
 def noisy_train_labels(pipeline: Pipeline) -> Pipeline:
     """20% of the training labels were annotated wrongly (replaced by a random class) in the data itself."""
     train = pipeline.data.train
-    generator = torch.Generator().manual_seed(0)
-    noisy = torch.rand(len(train), generator=generator) < NOISY_FRACTION
-    random_labels = torch.randint(0, pipeline.num_classes, (len(train),), generator=generator)
-    labels = torch.where(noisy.to(train.labels.device), random_labels.to(train.labels.device), train.labels)
+    labels = _random_labels(train.labels, pipeline.num_classes, seed=0)
     return _with_data(pipeline, replace(pipeline.data, train=Split(train.images, labels)))
+
+
+def _random_labels(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """`labels` with NOISY_FRACTION of them replaced by a uniformly random class."""
+    generator = torch.Generator().manual_seed(seed)
+    noisy = torch.rand(len(labels), generator=generator) < NOISY_FRACTION
+    random_labels = torch.randint(0, num_classes, (len(labels),), generator=generator)
+    return torch.where(noisy.to(labels.device), random_labels.to(labels.device), labels)
+
+
+def noisy_labels_everywhere(pipeline: Pipeline) -> Pipeline:
+    """20% of the labels in train, val and test alike were annotated wrongly (a noisy source data set)."""
+    data = pipeline.data
+    noisy = {name: Split(data.split(name).images, _random_labels(data.split(name).labels, pipeline.num_classes, seed))
+             for seed, name in enumerate(("train", "val", "test"))}
+    return _with_data(pipeline, replace(data, **noisy))
+
+
+def train_label_map_differs(pipeline: Pipeline) -> Pipeline:
+    """Train numbers the classes by its own folder listing, val/test by the official list: 0 and 1 swap in train."""
+    train = pipeline.data.train
+    mapping = torch.arange(pipeline.num_classes, device=train.labels.device)
+    mapping[[0, 1]] = mapping[[1, 0]]
+    return _with_data(pipeline, replace(pipeline.data, train=Split(train.images, mapping[train.labels.long()]
+                                                                   .to(train.labels.dtype))))
 
 
 def labels_permuted_in_dataset(pipeline: Pipeline) -> Pipeline:
@@ -345,12 +367,18 @@ ZOO: tuple[Bug, ...] = (
         ("target_leak",), ("target leaks",),
         "a single pixel predicts the label perfectly"),
     Bug("noisy_train_labels", noisy_train_labels.__doc__, noisy_train_labels,
+        ("label_agreement",), ("annotation noise",),
+        "a linear probe fit on part of train misses about 15 points more of the held-out train labels than of "
+        "the val + test labels; every other check traces examples back to the noisy labels and trusts them"),
+    Bug("noisy_labels_everywhere", noisy_labels_everywhere.__doc__, noisy_labels_everywhere,
         (), (),
-        "not caught: the corrupted labels *are* the source the checks trace every example back to, and a "
-        "linear model still trains and overfits a small batch; only a clean reference set, or confident-"
-        "learning style disagreement between a trained model and its labels, could reveal them. (The noise "
-        "does flatten the loss curve: training_loss_decreases sat at its 20% limit and FAILed once in 10 runs, "
-        "on Fashion-MNIST seed 4, blaming the learning rate: chance, not detection.)"),
+        "not caught: the noise is the same in every split, so the probe misses equally often everywhere, and a "
+        "linear model still trains and overfits a small batch. Only a trusted, clean reference set could show "
+        "it; the report's 'most confidently rejected' train images are where a human would see it."),
+    Bug("train_label_map_differs", train_label_map_differs.__doc__, train_label_map_differs,
+        ("label_agreement",), ("label map",),
+        "a probe taught by train predicts class 1 for val/test's class 0 and back, so it misses ~20 points "
+        "more of the val + test labels; within train everything is consistent"),
     Bug("sorted_by_class", sorted_by_class.__doc__, sorted_by_class,
         ("batch_sampling",), ("sorted by class",),
         "batches hold one class each and the order does not change between epochs"),

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from checks import data_checks, skeleton_checks
+from checks.label_agreement import label_agreement
 from checks.result import Verdict, run_check, run_stages
 from recipe.config import TrainConfig
 from recipe.data import Split
@@ -89,3 +90,20 @@ def test_sorted_val_split_fails_class_balance(clean):
     result = data_checks.class_balance(skewed)
     assert result.verdict is Verdict.FAIL
     assert "not representative" in result.message
+
+
+def test_label_agreement_skips_when_the_splits_are_too_small(clean):
+    tiny = replace(clean.data, train=Split(clean.data.train.images[:60], clean.data.train.labels[:60]))
+    result = label_agreement(replace(clean, data=tiny))
+    assert result.verdict is Verdict.SKIP
+    assert "too few examples" in result.message
+
+
+def test_label_agreement_scores_only_images_the_probe_has_not_seen(clean):
+    """Val copied into train (with its labels) must not flatter the val + test side of the comparison."""
+    data = clean.data
+    leaked = Split(torch.cat([data.train.images, data.val.images]), torch.cat([data.train.labels, data.val.labels]))
+    result = label_agreement(replace(clean, data=replace(data, train=leaked)))
+    honest = label_agreement(clean)
+    assert result.details["val_test_scored"] < honest.details["val_test_scored"]
+    assert result.verdict is Verdict.PASS

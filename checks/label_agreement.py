@@ -1,0 +1,125 @@
+"""Stage `data`: do the train labels agree with their images as well as the val and test labels do?
+
+A linear probe (ridge regression on raw pixels, solved in closed form, well under a second) is fit
+on part of train and scored on train examples it has not seen and on val + test. Train and the
+held-out splits come from the same labelling process, so the probe should miss equally often on
+both. Labels corrupted in one split only (annotation noise, a label map applied to train but not
+to test, classes swapped in one file) open a gap. Corruption present in every split looks
+the same everywhere, so this check cannot see it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from checks.data_checks import image_hashes
+from checks.result import CheckResult, Figure, Verdict, measured
+from recipe.data import Split
+from recipe.pipeline import Pipeline
+
+STAGE = "data"
+
+
+def _features(images: torch.Tensor) -> torch.Tensor:
+    """Raw pixels in [0, 1], flattened, plus a constant column for the bias; float64 for the solve."""
+    pixels = images.reshape(len(images), -1).to(torch.float64) / 255.0
+    return torch.cat([pixels, torch.ones(len(pixels), 1, dtype=torch.float64)], dim=1)
+
+
+def fit_ridge_probe(split: Split, num_classes: int, ridge: float = 1.0) -> torch.Tensor:
+    """Least-squares one-vs-all: W = (X^T X + ridge I)^-1 X^T onehot(y), an (H*W + 1, C) matrix."""
+    x = _features(split.images)
+    targets = torch.nn.functional.one_hot(split.labels.long(), num_classes).to(torch.float64)
+    gram = x.T @ x + ridge * torch.eye(x.shape[1], dtype=torch.float64)
+    return torch.linalg.solve(gram, x.T @ targets)
+
+
+def _subset(split: Split, idx: torch.Tensor) -> Split:
+    idx = idx.to(split.labels.device)
+    return Split(split.images[idx].cpu(), split.labels[idx].cpu())
+
+
+def _unseen(split: Split, fit: Split) -> Split:
+    """`split` without the images that also occur (exactly) in the probe's fit set."""
+    seen = set(image_hashes(fit.images))
+    keep = torch.tensor([h not in seen for h in image_hashes(split.images)], dtype=torch.bool)
+    return Split(split.images[keep], split.labels[keep])
+
+
+def _per_class_error(wrong: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1)
+    return (torch.bincount(labels[wrong], minlength=num_classes) / counts).tolist()
+
+
+def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, max_fit: int = 10_000,
+                    max_scored: int = 5_000, min_scored: int = 100) -> CheckResult:
+    """The probe's error on held-out train labels and on val + test labels must match.
+
+    FAILs when they differ by more than `min_gap` and by more than `z` standard errors of the
+    difference (so a small data set's sampling noise does not trip it).
+    """
+    data = pipeline.data
+    generator = torch.Generator().manual_seed(pipeline.config.seed)
+    train_order = torch.randperm(len(data.train), generator=generator)
+    n_held = min(max_scored, len(data.train) // 3)
+    held = _subset(data.train, train_order[:n_held])
+    fit = _subset(data.train, train_order[n_held:n_held + max_fit])
+    reference_images = torch.cat([data.val.images.cpu(), data.test.images.cpu()])
+    reference_labels = torch.cat([data.val.labels.cpu(), data.test.labels.cpu()])
+    keep = torch.randperm(len(reference_labels), generator=generator)[:max_scored]
+    reference = Split(reference_images[keep], reference_labels[keep])
+    held, reference = (_unseen(split, fit) for split in (held, reference))  # leaked copies would flatter the probe
+    if min(len(held), len(reference)) < min_scored or len(fit) < 10 * data.num_classes:
+        return CheckResult("label_agreement", STAGE, Verdict.SKIP, None, None, "",
+                           f"too few examples to compare label quality ({len(fit)} to fit the probe, {len(held)} "
+                           f"held-out train, {len(reference)} val + test; need {min_scored} of each scored)")
+    weights = fit_ridge_probe(fit, data.num_classes)
+    scores = {name: _features(split.images) @ weights for name, split in (("train", held), ("reference", reference))}
+    wrong = {name: scores[name].argmax(1) != split.labels for name, split in (("train", held), ("reference", reference))}
+    train_error, reference_error = (wrong[n].double().mean().item() for n in ("train", "reference"))
+    gap = train_error - reference_error
+    standard_error = math.sqrt(train_error * (1 - train_error) / len(held)
+                               + reference_error * (1 - reference_error) / len(reference))
+    threshold = max(min_gap, z * standard_error)
+    chance = 1.0 - 1.0 / data.num_classes
+    figures = [_per_class_figure(data.class_names, wrong, held, reference),
+               _disagreements_figure(data.class_names, scores["train"], held)]
+    details = {"train_held_out_error": train_error, "val_test_error": reference_error, "gap": gap,
+               "standard_error": standard_error, "fit_examples": len(fit), "train_scored": len(held),
+               "val_test_scored": len(reference)}
+    said = (f"a linear probe fit on {len(fit)} train examples misses {train_error:.1%} of {len(held)} held-out train "
+            f"labels and {reference_error:.1%} of {len(reference)} val + test labels (gap {gap:+.1%}; allowed "
+            f"{threshold:.1%}, the larger of {min_gap:.0%} and {z:g} standard errors)")
+    ok = f"{said}: train labels agree with their images as well as the held-out labels do."
+    if gap > 0:
+        fail = (f"{said}: the train labels disagree with their images more often: roughly {min(1.0, gap / chance):.0%} "
+                "of them look wrong. Train labels were corrupted (annotation noise, a label map or offset applied "
+                "to train only), or train comes from another distribution than val/test. Look at the probe's "
+                "most confident disagreements below.")
+    else:
+        fail = (f"{said}: the val/test labels disagree with what train teaches, most in the classes with the "
+                "tallest val + test bars below. The splits use different label maps (classes swapped or "
+                "renumbered in one file), val/test hold classes train lacks, or val/test come from another "
+                "distribution than train.")
+    return measured("label_agreement", STAGE, abs(gap), threshold, "<=", ok, fail, figures=figures, details=details)
+
+
+def _per_class_figure(names: list[str], wrong: dict[str, torch.Tensor], held: Split, reference: Split) -> Figure:
+    num_classes = len(names)
+    return Figure("bars", "linear-probe error per class: held-out train labels vs val + test labels", {
+        "categories": names,
+        "series": {"train (held out)": _per_class_error(wrong["train"], held.labels.long(), num_classes),
+                   "val + test": _per_class_error(wrong["reference"], reference.labels.long(), num_classes)},
+        "ylabel": "probe error"})
+
+
+def _disagreements_figure(names: list[str], scores: torch.Tensor, held: Split, count: int = 16) -> Figure:
+    """The held-out train images whose label the probe most confidently rejects."""
+    labels = held.labels.long()
+    margin = scores.max(1).values - scores.gather(1, labels[:, None]).squeeze(1)
+    top = margin.argsort(descending=True)[:count]
+    predicted = scores.argmax(1)
+    return Figure("images", f"the {len(top)} held-out train images whose label the probe most confidently rejects", {
+        "images": held.images[top].numpy(),
+        "captions": [f"label {names[labels[i]]} / probe {names[predicted[i]]}" for i in top.tolist()]})
