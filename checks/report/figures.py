@@ -113,11 +113,14 @@ def _bars(data: dict[str, Any]) -> MplFigure:
         offset = (j - (len(series) - 1) / 2) * width
         colors = ["#dd8452" if c == highlight else "#4c72b0" for c in categories] if len(series) == 1 else None
         bars = ax.bar(positions + offset, values, width, label=name, color=colors)
-        if len(categories) * len(series) <= 24:
+        if len(categories) * len(series) <= 12:
             ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=7, padding=1)
     if data.get("hline") is not None:
         ax.axhline(float(data["hline"]), color="gray", linestyle="--", linewidth=1)
-    ax.set_xticks(positions, [_wrap(c, 16, lines=4) for c in categories], fontsize=8)
+    if len(categories) > 6:  # many names: slant them so neighbours do not overlap
+        ax.set_xticks(positions, categories, fontsize=8, rotation=30, ha="right")
+    else:
+        ax.set_xticks(positions, [_wrap(c, 16, lines=4) for c in categories], fontsize=8)
     ax.set_ylabel(str(data.get("ylabel", "")))
     ax.margins(y=0.12)  # room for the value labels
     if len(series) > 1:  # beside the axes: bars fill the plot, a legend inside would hide some
