@@ -29,13 +29,26 @@ def closed_form_applies(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y:
     layer = model.fc
     if type(layer) is not nn.Linear or layer.bias is None:
         return False
-    if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in (model, layer)):
-        return False  # someone is watching the forward pass (a check's hook): let it see one
+    if _has_hooks(model, layer):
+        return False  # someone watches the forward or backward pass (a check's hook): let them see one
     weight = layer.weight
     return (weight.requires_grad and layer.bias.requires_grad and torch.is_grad_enabled()
             and x.dtype == weight.dtype and x.device == weight.device
             and y.dtype == torch.long and y.dim() == 1 and len(y) == len(x) > 0
             and x[0].numel() == weight.shape[1])
+
+
+def _has_hooks(model: nn.Module, layer: nn.Linear) -> bool:
+    """Module hooks (own or global) or gradient hooks on the parameters, which autograd would run."""
+    module_hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    if any(getattr(m, name, None) for m in (model, layer) for name in module_hooks):
+        return True
+    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                    "_global_backward_pre_hooks")
+    if any(getattr(nn.modules.module, name, None) for name in global_hooks):
+        return True
+    return any(getattr(p, "_backward_hooks", None) or getattr(p, "_post_accumulate_grad_hooks", None)
+               for p in (layer.weight, layer.bias))
 
 
 def linear_softmax_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
