@@ -20,7 +20,8 @@ import torch
 
 from bench.measure import Row, machine
 
-PARTS = ("epoch", "sklearn", "preflight", "scaling", "gpu")
+PARTS = ("epoch", "sklearn", "preflight", "scaling", "batch512", "gpu")
+GPU_PARTS = ["epoch", "sklearn", "scaling", "batch512"]  # what --parts gpu runs with cuda
 DEFAULT_OUT = Path("bench/results/latest.json")
 
 
@@ -71,7 +72,8 @@ def run_parts(parts: list[str], device: str, args: argparse.Namespace, label: st
         return {part: {"skipped": "no CUDA", "rows": [Row(f"{label}{part}", "skipped: no CUDA", None, "")]}
                 for part in parts}
     results = {}
-    data = load_data("fashion-mnist", device=device, download=False) if set(parts) & {"epoch", "sklearn"} else None
+    data = load_data("fashion-mnist", device=device, download=False) \
+        if set(parts) & {"epoch", "sklearn", "batch512"} else None
     for part in parts:
         started = time.perf_counter()
         print(f"[{label}{part}] running...", file=sys.stderr, flush=True)
@@ -88,6 +90,10 @@ def run_parts(parts: list[str], device: str, args: argparse.Namespace, label: st
             from bench import scaling
 
             results[part] = scaling.run(device, TrainConfig(batch_size=args.batch_size), args.threads)
+        elif part == "batch512":
+            from bench import large_batch
+
+            results[part] = large_batch.run(data, args.rounds)
         elif part == "preflight":
             from bench import preflight
 
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda":
             print("gpu: the other parts already ran with --device cuda")
         else:
-            gpu = run_parts(["epoch", "sklearn", "scaling"], "cuda", args, label="gpu/")
+            gpu = run_parts(GPU_PARTS, "cuda", args, label="gpu/")
             report["parts"].update({f"gpu/{part}": result for part, result in gpu.items()})
     report["machine"]["load_average_end"] = list(os.getloadavg())
     rows = [row for result in report["parts"].values() for row in result.get("rows", [])]
