@@ -42,7 +42,8 @@ def input_independent_baseline(pipeline: Pipeline, steps: int = 300, min_gain: f
                            f"vs {zero_acc:.4f} (need +{min_gain}), loss {real_loss:.4f} vs {zero_loss:.4f}. The model "
                            "does not learn from the pixels: the learning rate is far too low or too high, gradients do "
                            "not reach the weights (frozen/detached layer), the loss is wrong (sign, MSE on class "
-                           "indices), or the inputs are garbage.", figures=[figure], details=details)
+                           "indices), the labels the step trains on do not belong to its inputs, or the inputs are "
+                           "garbage.", figures=[figure], details=details)
     if not real_loss < zero_loss:
         return CheckResult("input_independent_baseline", STAGE, Verdict.FAIL, real_loss, zero_loss, "<",
                            f"real inputs reach higher val accuracy ({real_acc:.4f} vs {zero_acc:.4f}) but a WORSE val "
@@ -96,7 +97,8 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
     elif final >= loss_threshold:
         cause = (f"the loss plateaued at {final:.4f} after {len(losses)} steps (from {losses[0]:.4f}): learning rate "
                  "too low, gradients not flowing (frozen/detached layer, clipped loss), a loss that can't reach 0 "
-                 "(MSE on class indices, softmax before cross-entropy), or labels that don't match the inputs")
+                 "(MSE on class indices, softmax before cross-entropy, label smoothing), strong regularisation (weight "
+                 "decay), or labels that don't match the inputs")
     elif accuracy < 1.0:
         cause = (f"the loss reached {final:.4f} but after that step only {accuracy:.0%} of the batch is predicted "
                  "right: the step jumped away from the solution (learning rate too high), or the loss does not "

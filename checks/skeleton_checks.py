@@ -72,43 +72,69 @@ def what_goes_into_the_net(pipeline: Pipeline) -> CheckResult:
                        float(len(problems)), 0.0, "==", message, figures=figures, details={"input_stats": table})
 
 
-def label_pairing(pipeline: Pipeline, n_batches: int = 20, pixel_tolerance: float = 0.5 / 255) -> CheckResult:
-    """Every (x, y) that reaches the model equals the source item at that example's index.
-
-    Catches labels shuffled apart from the images, off-by-one indexing, and pixels changed on the way
-    (an extra transform, normalised twice, something written into the image).
-    """
-    batches = first_batches(pipeline, "train", n_batches)
-    source = pipeline.data.train
-    label_bad = pixel_bad = total = shifted = 0
+def _pairing_mismatches(pipeline: Pipeline, split: str, batches) -> dict[str, int]:
+    """Count labels and pixels in `batches` of `split` that differ from the source at their indices."""
+    source = pipeline.data.split(split)
+    counts = {"examples": 0, "label_mismatches": 0, "pixel_mismatches": 0, "shifted": 0}
     for batch in batches:
         labels = source.labels[batch.idx]
-        label_bad += (batch.y != labels).sum().item()
+        counts["label_mismatches"] += (batch.y != labels).sum().item()
         neighbours = (source.labels[(batch.idx + 1) % len(source)], source.labels[(batch.idx - 1) % len(source)],
                       labels.roll(1), labels.roll(-1))  # the next example in the source, or in the batch
-        shifted += max((batch.y == n).sum().item() for n in neighbours)
+        counts["shifted"] += max((batch.y == n).sum().item() for n in neighbours)
         pixels = source.images[batch.idx].float() / 255.0
-        seen = denormalise(pipeline, batch.x.float()) if batch.x.numel() == pixels.numel() else None
-        if seen is None:
-            pixel_bad += len(batch.y)
+        if batch.x.numel() != pixels.numel():
+            counts["pixel_mismatches"] += len(batch.y)
         else:
-            pixel_bad += ((seen - pixels).abs().flatten(1).amax(1) > pixel_tolerance).sum().item()
-        total += len(batch.y)
-    bad = max(label_bad, pixel_bad)
-    details = {"examples": total, "label_mismatches": label_bad, "pixel_mismatches": pixel_bad}
-    if label_bad:
+            seen = denormalise(pipeline, batch.x.float())
+            counts["pixel_mismatches"] += ((seen - pixels.reshape(seen.shape)).abs().flatten(1).amax(1)
+                                           > PIXEL_TOLERANCE).sum().item()
+        counts["examples"] += len(batch.y)
+    return counts
+
+
+PIXEL_TOLERANCE = 0.5 / 255  # half a grey level, after undoing the declared normalisation
+
+
+def label_pairing(pipeline: Pipeline, n_batches: int = 20, n_eval_batches: int = 5) -> CheckResult:
+    """Every (x, y) that reaches the model equals the source item at that example's index, in train
+    (shuffled, as training draws it) and in val and test (in order, as evaluation draws them).
+
+    Catches labels shuffled apart from the images, off-by-one indexing, and pixels changed on the way
+    (an extra transform, normalised twice, something written into the image), including a transform
+    the evaluation path applies but training does not.
+    """
+    per_split = {"train": _pairing_mismatches(pipeline, "train", first_batches(pipeline, "train", n_batches))}
+    for split in ("val", "test"):
+        per_split[split] = _pairing_mismatches(pipeline, split,
+                                               first_batches(pipeline, split, n_eval_batches, shuffle=False))
+    bad = {split: max(c["label_mismatches"], c["pixel_mismatches"]) for split, c in per_split.items()}
+    total = sum(c["examples"] for c in per_split.values())
+    details = {split: {k: v for k, v in c.items() if k != "shifted"} for split, c in per_split.items()}
+    where = [split for split in per_split if bad[split]]
+    if not where:
+        counted = ", ".join(f"{c['examples']} {split}" for split, c in per_split.items())
+        message = f"all {total} (x, y) pairs match the source data at their indices ({counted})."
+        return CheckResult("label_pairing", STAGE, Verdict.PASS, 0.0, 0.0, "==", message, details=details)
+    problems = [_pairing_problem(pipeline, split, per_split[split]) for split in where]
+    if "train" not in where:
+        problems.append("train batches are fine, so the evaluation path (val/test loader or transform) differs "
+                        "from the training path")
+    message = "; ".join(problems) + "."
+    return CheckResult("label_pairing", STAGE, Verdict.FAIL, float(sum(bad.values())), 0.0, "==", message,
+                       details=details)
+
+
+def _pairing_problem(pipeline: Pipeline, split: str, counts: dict[str, int]) -> str:
+    total = counts["examples"]
+    if counts["label_mismatches"]:
         cause = ("labels are off by one: y matches the label of the neighbouring example"
-                 if shifted > 0.95 * total else "labels are shuffled apart from the images")
-        message = (f"{label_bad} of {total} labels differ from the source label at the example's index: {cause}. "
-                   "Index images and labels with the same permutation, in the same place.")
-    elif pixel_bad:
-        message = (f"{pixel_bad} of {total} inputs differ from the source image at their index after undoing the "
-                   f"declared normalisation (mean {pipeline.norm.mean:.4f}, std {pipeline.norm.std:.4f}): an extra "
-                   "transform, a second normalisation, or something written into the pixels.")
-    else:
-        message = f"all {total} (x, y) pairs in {len(batches)} batches match the source data at their indices."
-    return CheckResult("label_pairing", STAGE, Verdict.FAIL if bad else Verdict.PASS, float(bad), 0.0, "==",
-                       message, details=details)
+                 if counts["shifted"] > 0.95 * total else "labels are shuffled apart from the images")
+        return (f"{split}: {counts['label_mismatches']} of {total} labels differ from the source label at the "
+                f"example's index: {cause}. Index images and labels with the same permutation, in the same place")
+    return (f"{split}: {counts['pixel_mismatches']} of {total} inputs differ from the source image at their index "
+            f"after undoing the declared normalisation (mean {pipeline.norm.mean:.4f}, std {pipeline.norm.std:.4f}): "
+            "an extra transform, a second normalisation, or something written into the pixels")
 
 
 def batch_sampling(pipeline: Pipeline, min_mixing: float = 0.5) -> CheckResult:
@@ -303,7 +329,8 @@ def gradient_flow(pipeline: Pipeline) -> CheckResult:
         problems.append(f"NaN/Inf gradients in {', '.join(not_finite)}")
     if unchanged and not no_grad and not zero_grad:
         problems.append(f"{', '.join(unchanged)} did not change after a step: the optimizer does not hold these "
-                        "parameters, or its learning rate is 0")
+                        "parameters, its learning rate is 0, or optimizer.step() runs before loss.backward() (the "
+                        "step sees no gradient yet)")
     if accumulated:
         problems.append(f"gradients accumulate across steps in {', '.join(accumulated)}: zero_grad is never called, "
                         "so each step uses the sum of all past gradients")

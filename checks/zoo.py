@@ -126,6 +126,13 @@ def labels_off_by_one(pipeline: Pipeline) -> Pipeline:
     return _wrap_batches(pipeline, lambda batch, split, position: replace(batch, y=batch.y.roll(1)))
 
 
+def eval_images_mirrored(pipeline: Pipeline) -> Pipeline:
+    """The eval loader's transform list kept a horizontal flip the train loader dropped: val/test come mirrored."""
+    def plant(batch: Batch, split: str, position: int) -> Batch:
+        return batch if split == "train" else replace(batch, x=batch.x.flip(-1))
+    return _wrap_batches(pipeline, plant)
+
+
 def inputs_not_normalised(pipeline: Pipeline) -> Pipeline:
     """The loader hands the net raw 0..255 pixels: no ToTensor scaling, no Normalize."""
     def plant(batch: Batch, split: str, position: int) -> Batch:
@@ -200,6 +207,12 @@ def train_label_map_differs(pipeline: Pipeline) -> Pipeline:
     mapping[[0, 1]] = mapping[[1, 0]]
     return _with_data(pipeline, replace(pipeline.data, train=Split(train.images, mapping[train.labels.long()]
                                                                    .to(train.labels.dtype))))
+
+
+def val_labels_shifted(pipeline: Pipeline) -> Pipeline:
+    """Val labels were written as (class + 1) mod C when val was split off: an off-by-one class id."""
+    val = pipeline.data.val
+    return _with_data(pipeline, replace(pipeline.data, val=Split(val.images, (val.labels + 1) % pipeline.num_classes)))
 
 
 def labels_permuted_in_dataset(pipeline: Pipeline) -> Pipeline:
@@ -330,6 +343,35 @@ def lr_far_too_low(pipeline: Pipeline) -> Pipeline:
     return _with_lr(pipeline, 1e-6)
 
 
+def weight_decay_far_too_high(pipeline: Pipeline) -> Pipeline:
+    """weight_decay=1.0 where 1e-4 was meant: the L2 pull swamps the data term."""
+    config = replace(pipeline.config, weight_decay=1.0)
+    return replace(pipeline, config=config, make_optimizer=partial(make_optimizer, config))
+
+
+def loss_summed(pipeline: Pipeline) -> Pipeline:
+    """cross_entropy(reduction="sum"): the loss, and every gradient, scale with the batch size."""
+    return replace(pipeline, loss_fn=lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
+
+
+class LogSoftmaxLinear(LinearClassifier):
+    """forward returns log_softmax(logits), and the loss, cross_entropy, applies log_softmax again."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(super().forward(x), dim=1)
+
+
+def step_before_backward(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+                         x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """recipe.train.train_step with optimizer.step() moved above loss.backward(): each step applies the
+    previous batch's gradient, and the first step none at all."""
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    return loss.detach()
+
+
 def step_without_zero_grad(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
                            x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """recipe.train.train_step with the optimizer.zero_grad() line forgotten."""
@@ -348,6 +390,10 @@ ZOO: tuple[Bug, ...] = (
     Bug("labels_off_by_one", labels_off_by_one.__doc__, labels_off_by_one,
         ("label_pairing",), ("differ from the source label",),
         "the label paired with an image is its batch neighbour's, not its own"),
+    Bug("eval_images_mirrored", eval_images_mirrored.__doc__, eval_images_mirrored,
+        ("label_pairing",), ("evaluation path",),
+        "val and test inputs no longer equal their source images once the declared normalisation is undone, "
+        "while train inputs do; training itself is unaffected, so only the val/test numbers would be wrong"),
     Bug("inputs_not_normalised", inputs_not_normalised.__doc__, inputs_not_normalised,
         ("input_normalisation", "what_goes_into_the_net"), ("un-normali",),
         "the batches the net sees have max 255 and std ~80, not ~1"),
@@ -397,6 +443,9 @@ ZOO: tuple[Bug, ...] = (
     Bug("softmax_before_loss", softmax_before_loss.__doc__, softmax_before_loss,
         ("output_sanity",), ("softmax",),
         "the model's outputs are non-negative and sum to 1 per row: probabilities, not logits"),
+    Bug("log_softmax_output", LogSoftmaxLinear.__doc__, _linear_model(LogSoftmaxLinear),
+        ("output_sanity",), ("log_softmax",),
+        "every output row's logsumexp is 0: the model already returns log-probabilities"),
     Bug("init_100x", init_100x.__doc__, init_100x,
         ("loss_at_init",), ("initialised too large",),
         "huge initial logits make the loss at init far above ln(C)"),
@@ -427,6 +476,18 @@ ZOO: tuple[Bug, ...] = (
         ("overfit_one_batch", "training_loss_decreases", "prediction_dynamics"), ("too low",),
         "a small batch cannot be overfit in the allotted steps: the loss plateaus near ln(C), and the "
         "predictions on fixed val examples never move"),
+    Bug("weight_decay_far_too_high", weight_decay_far_too_high.__doc__, weight_decay_far_too_high,
+        ("overfit_one_batch",), ("weight decay",),
+        "16 examples cannot be memorised: the decay holds the loss on a plateau far above 0"),
+    Bug("loss_summed", loss_summed.__doc__, loss_summed,
+        ("loss_at_init",), ("reduction",),
+        "the untrained loss is B * ln(C), not ln(C)"),
+    Bug("step_before_backward", step_before_backward.__doc__, lambda p: replace(p, train_step=step_before_backward),
+        ("gradient_flow",), ("before loss.backward",),
+        "after one step the parameters have a gradient but have not moved"),
+    Bug("val_labels_shifted", val_labels_shifted.__doc__, val_labels_shifted,
+        ("label_agreement",), ("renumbered",),
+        "a probe taught by train misses most val labels, but not the test labels or held-out train labels"),
     Bug("labels_permuted_in_dataset", labels_permuted_in_dataset.__doc__, labels_permuted_in_dataset,
         ("label_signal",), ("permuted", "shuffled"),
         "every class gets the same mean image; the loader is faithful to a source that is itself wrong, "
