@@ -57,23 +57,35 @@ def input_independent_baseline(pipeline: Pipeline, steps: int = 300, min_gain: f
                        figures=[figure], details=details)
 
 
+def _still_falling(losses: list[float], window: int, min_fall: float) -> bool:
+    """The loss fell by at least `min_fall` (relative) over the last `window` steps."""
+    return len(losses) > window and 0 < losses[-1] < (1 - min_fall) * losses[-1 - window]
+
+
 def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int = 300,
-                      loss_threshold: float = 0.05) -> CheckResult:
+                      loss_threshold: float = 0.05, extend_window: int = 50, extend_min_fall: float = 0.1,
+                      max_extended_steps: int = 900) -> CheckResult:
     """One fixed small batch, augmentation off, the pipeline's own step and optimizer: the loss must
     fall below `loss_threshold` and the batch accuracy reach 100% within `max_steps`.
 
-    A failure tells divergence (loss up or NaN: lr too high, sign error) from a plateau (lr too low,
-    gradients not flowing, a capacity- or label-breaking bug).
+    A slow but healthy optimizer (plain SGD, a small lr) gets more steps, up to `max_extended_steps`,
+    for as long as the loss keeps falling by `extend_min_fall` every `extend_window` steps: a plateau
+    is the symptom, not slowness. A failure tells divergence (loss up or NaN: lr too high, sign
+    error) from a plateau (lr too low, gradients not flowing, a capacity- or label-breaking bug).
     """
     batch = first_batches(pipeline, "train", 1)[0]
     x, y = batch.x[:batch_size], batch.y[:batch_size]
     model = fresh_model(pipeline)
     optimizer = pipeline.make_optimizer(model.parameters())
     losses = []
-    for _ in range(max_steps):
+    limit = max_steps
+    while len(losses) < limit:
         losses.append(float(pipeline.train_step(model, optimizer, pipeline.loss_fn, x, y)))
         if not math.isfinite(losses[-1]) or losses[-1] < loss_threshold:
             break
+        if len(losses) == limit and limit < max_extended_steps and \
+                _still_falling(losses, extend_window, extend_min_fall):
+            limit += extend_window
     model.eval()
     with torch.no_grad():
         logits = model(x)
@@ -87,7 +99,10 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
                    "values": torch.nn.functional.one_hot(predicted.clamp(0, len(names) - 1), len(names)).T.cpu().numpy(),
                    "rows": list(names), "cols": [names[int(c)] for c in y.tolist()], "ylabel": "predicted",
                    "xlabel": "true label of each example"})]
-    details = {"steps": len(losses), "final_loss": final, "batch_accuracy": accuracy, "first_loss": losses[0]}
+    details = {"steps": len(losses), "final_loss": final, "batch_accuracy": accuracy, "first_loss": losses[0],
+               "extended": len(losses) > max_steps}
+    extended = f" (given {len(losses) - max_steps} steps more than {max_steps}: the loss was still falling)" \
+        if len(losses) > max_steps else ""
     if final < 0 or min(losses) < 0:
         cause = (f"the loss went negative ({min(losses):.3g}): a cross-entropy cannot be negative, so the loss has the "
                  "wrong sign (the optimizer is maximising it)")
@@ -105,10 +120,10 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
                  "measure classification (wrong target encoding or wrong loss)")
     else:
         return CheckResult("overfit_one_batch", STAGE, Verdict.PASS, final, loss_threshold, "<",
-                           f"memorised a batch of {len(y)} in {len(losses)} steps: loss {final:.4f} < {loss_threshold}, "
-                           "accuracy 100%.", figures=figures, details=details)
+                           f"memorised a batch of {len(y)} in {len(losses)} steps{extended}: loss {final:.4f} < "
+                           f"{loss_threshold}, accuracy 100%.", figures=figures, details=details)
     return CheckResult("overfit_one_batch", STAGE, Verdict.FAIL, final, loss_threshold, "<",
-                       f"could not overfit one batch of {len(y)} in {max_steps} steps: {cause}.",
+                       f"could not overfit one batch of {len(y)} in {len(losses)} steps{extended}: {cause}.",
                        figures=figures, details=details)
 
 
