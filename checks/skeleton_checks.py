@@ -110,7 +110,8 @@ def label_pairing(pipeline: Pipeline, n_batches: int = 20, n_eval_batches: int =
                                                first_batches(pipeline, split, n_eval_batches, shuffle=False))
     bad = {split: max(c["label_mismatches"], c["pixel_mismatches"]) for split, c in per_split.items()}
     total = sum(c["examples"] for c in per_split.values())
-    details = {split: {k: v for k, v in c.items() if k != "shifted"} for split, c in per_split.items()}
+    details = {"per_split": [{"split": split, **{k: v for k, v in c.items() if k != "shifted"}}
+                             for split, c in per_split.items()]}
     where = [split for split in per_split if bad[split]]
     if not where:
         counted = ", ".join(f"{c['examples']} {split}" for split, c in per_split.items())
