@@ -10,7 +10,6 @@ The target is judged on CUDA only; on the CPU the same figures are context.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch

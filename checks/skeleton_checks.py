@@ -1,4 +1,5 @@
-"""Stage `skeleton`: "set up the end-to-end skeleton + get dumb baselines" (the plumbing half)."""
+"""Stage `skeleton`: "set up the end-to-end skeleton + get dumb baselines" (the model and step half;
+the loader half is in loader_checks.py)."""
 from __future__ import annotations
 
 import math
@@ -7,8 +8,7 @@ import torch
 from torch import nn
 
 from checks.result import CheckResult, Figure, Verdict, measured
-from checks.sampling import (capture_model_input, denormalise, first_batches, fresh_model, generator,
-                             short_training)
+from checks.sampling import first_batches, fresh_model, short_training
 from recipe.pipeline import Pipeline
 
 STAGE = "skeleton"
@@ -26,156 +26,6 @@ def determinism(pipeline: Pipeline, steps: int = 20) -> CheckResult:
     figure = Figure("lines", "loss per step, two runs with the same seed", {"series": {"run 1": first, "run 2": second},
                                                                             "xlabel": "step", "ylabel": "loss"})
     return measured("determinism", STAGE, float(len(differing)), 0.0, "==", ok, fail, figures=[figure])
-
-
-def what_goes_into_the_net(pipeline: Pipeline) -> CheckResult:
-    """Capture the exact tensor `model(x)` receives during a real training step and show it.
-
-    FAIL on NaN/Inf, a constant batch (every example identical, or no variation at all), or values
-    that were never normalised.
-    """
-    x, y, _ = capture_model_input(pipeline)
-    xf = x.float()
-    finite = torch.isfinite(xf)
-    stats = {"shape": list(x.shape), "dtype": str(x.dtype), "device": str(x.device),
-             "min": xf[finite].min().item() if finite.any() else math.nan,
-             "max": xf[finite].max().item() if finite.any() else math.nan,
-             "mean": xf[finite].mean().item() if finite.any() else math.nan,
-             "std": xf[finite].std().item() if finite.sum() > 1 else math.nan,
-             "nan_or_inf": int((~finite).sum())}
-    spread = xf.reshape(len(xf), -1).std(dim=0).mean().item() if len(xf) > 1 else math.nan
-    names = pipeline.data.class_names
-    captions = [names[int(c)] if 0 <= int(c) < len(names) else str(int(c)) for c in y[:32].tolist()]
-    figures = []
-    if x[0].numel() == pipeline.data.train.images[0].numel():
-        figures = [
-            Figure("images", "what the net sees: the model's input (as given)",
-                   {"images": xf[:32].reshape(-1, *pipeline.data.train.images.shape[1:]).cpu().numpy(),
-                    "captions": captions, "cmap": "signed"}),
-            Figure("images", "the same batch de-normalised to pixels",
-                   {"images": denormalise(pipeline, xf[:32]).clamp(0, 1).cpu().numpy(), "captions": captions}),
-        ]
-    problems = []
-    if stats["nan_or_inf"]:
-        problems.append(f"{stats['nan_or_inf']} NaN/Inf values reach the model: check the data conversion and "
-                        "any division in preprocessing")
-    if not (spread > 1e-6):
-        problems.append("the batch is constant across examples (every input identical): the loader or a "
-                        "transform is overwriting the images")
-    if stats["max"] > 50:
-        problems.append(f"inputs look un-normalized (max {stats['max']:.1f}): did you forget ToTensor/Normalize?")
-    table = [{"statistic": k, "value": v} for k, v in stats.items()]
-    message = (f"the model receives {tuple(x.shape)} {x.dtype} on {x.device}, range {stats['min']:.3f}..{stats['max']:.3f}, "
-               f"mean {stats['mean']:.3f}, std {stats['std']:.3f}. Look at the figure: do the images look like "
-               "their labels?" if not problems else "; ".join(problems) + ".")
-    return CheckResult("what_goes_into_the_net", STAGE, Verdict.FAIL if problems else Verdict.PASS,
-                       float(len(problems)), 0.0, "==", message, figures=figures, details={"input_stats": table})
-
-
-def _pairing_mismatches(pipeline: Pipeline, split: str, batches) -> dict[str, int]:
-    """Count labels and pixels in `batches` of `split` that differ from the source at their indices."""
-    source = pipeline.data.split(split)
-    counts = {"examples": 0, "label_mismatches": 0, "pixel_mismatches": 0, "shifted": 0}
-    for batch in batches:
-        labels = source.labels[batch.idx]
-        counts["label_mismatches"] += (batch.y != labels).sum().item()
-        neighbours = (source.labels[(batch.idx + 1) % len(source)], source.labels[(batch.idx - 1) % len(source)],
-                      labels.roll(1), labels.roll(-1))  # the next example in the source, or in the batch
-        counts["shifted"] += max((batch.y == n).sum().item() for n in neighbours)
-        pixels = source.images[batch.idx].float() / 255.0
-        if batch.x.numel() != pixels.numel():
-            counts["pixel_mismatches"] += len(batch.y)
-        else:
-            seen = denormalise(pipeline, batch.x.float())
-            counts["pixel_mismatches"] += ((seen - pixels.reshape(seen.shape)).abs().flatten(1).amax(1)
-                                           > PIXEL_TOLERANCE).sum().item()
-        counts["examples"] += len(batch.y)
-    return counts
-
-
-PIXEL_TOLERANCE = 0.5 / 255  # half a grey level, after undoing the declared normalisation
-
-
-def label_pairing(pipeline: Pipeline, n_batches: int = 20, n_eval_batches: int = 5) -> CheckResult:
-    """Every (x, y) that reaches the model equals the source item at that example's index, in train
-    (shuffled, as training draws it) and in val and test (in order, as evaluation draws them).
-
-    Catches labels shuffled apart from the images, off-by-one indexing, and pixels changed on the way
-    (an extra transform, normalised twice, something written into the image), including a transform
-    the evaluation path applies but training does not.
-    """
-    per_split = {"train": _pairing_mismatches(pipeline, "train", first_batches(pipeline, "train", n_batches))}
-    for split in ("val", "test"):
-        per_split[split] = _pairing_mismatches(pipeline, split,
-                                               first_batches(pipeline, split, n_eval_batches, shuffle=False))
-    bad = {split: max(c["label_mismatches"], c["pixel_mismatches"]) for split, c in per_split.items()}
-    total = sum(c["examples"] for c in per_split.values())
-    details = {"per_split": [{"split": split, **{k: v for k, v in c.items() if k != "shifted"}}
-                             for split, c in per_split.items()]}
-    where = [split for split in per_split if bad[split]]
-    if not where:
-        counted = ", ".join(f"{c['examples']} {split}" for split, c in per_split.items())
-        message = f"all {total} (x, y) pairs match the source data at their indices ({counted})."
-        return CheckResult("label_pairing", STAGE, Verdict.PASS, 0.0, 0.0, "==", message, details=details)
-    problems = [_pairing_problem(pipeline, split, per_split[split]) for split in where]
-    if "train" not in where:
-        problems.append("train batches are fine, so the evaluation path (val/test loader or transform) differs "
-                        "from the training path")
-    message = "; ".join(problems) + "."
-    return CheckResult("label_pairing", STAGE, Verdict.FAIL, float(sum(bad.values())), 0.0, "==", message,
-                       details=details)
-
-
-def _pairing_problem(pipeline: Pipeline, split: str, counts: dict[str, int]) -> str:
-    total = counts["examples"]
-    if counts["label_mismatches"]:
-        cause = ("labels are off by one: y matches the label of the neighbouring example"
-                 if counts["shifted"] > 0.95 * total else "labels are shuffled apart from the images")
-        return (f"{split}: {counts['label_mismatches']} of {total} labels differ from the source label at the "
-                f"example's index: {cause}. Index images and labels with the same permutation, in the same place")
-    return (f"{split}: {counts['pixel_mismatches']} of {total} inputs differ from the source image at their index "
-            f"after undoing the declared normalisation (mean {pipeline.norm.mean:.4f}, std {pipeline.norm.std:.4f}): "
-            "an extra transform, a second normalisation, or something written into the pixels")
-
-
-def batch_sampling(pipeline: Pipeline, min_mixing: float = 0.5) -> CheckResult:
-    """One training epoch visits every example exactly once, in shuffled, class-mixed batches.
-
-    Catches: a loader that returns the same batch every time, one that is never shuffled, or one
-    sorted by class (each batch a single class: the gradient swings from class to class).
-    """
-    labels = pipeline.data.train.labels
-    n, classes = len(labels), pipeline.num_classes
-    seen, distinct, sizes = [], [], []
-    for batch in pipeline.batches("train", shuffle=True, augment=False, generator=generator(pipeline)):
-        seen.append(batch.idx.cpu())
-        distinct.append(len(torch.unique(batch.y)))
-        sizes.append(len(batch.y))
-    order = torch.cat(seen)
-    coverage = len(torch.unique(order)) / n
-    positions = torch.arange(len(order), dtype=torch.float64)
-    rank_corr = torch.corrcoef(torch.stack([positions, order.double()]))[0, 1].item() if len(order) > 1 else 0.0
-    size = max(set(sizes), key=sizes.count)
-    counts = torch.bincount(labels, minlength=classes).double() / n
-    expected = (1 - (1 - counts) ** size).sum().item()  # distinct classes in a random batch of that size
-    mixing = sum(distinct) / len(distinct) / expected
-    problems = []
-    if coverage < 0.99 or len(order) > 1.01 * n:
-        problems.append(f"one epoch yields {len(order)} examples covering {coverage:.1%} of the {n} train examples: "
-                        "the loader returns the same batch every time or repeats/skips examples")
-    if abs(rank_corr) > 0.9:
-        problems.append(f"batches come in index order (correlation of position and index {rank_corr:.2f}): "
-                        "the loader is never shuffled")
-    if mixing < min_mixing:
-        problems.append(f"batches hold {sum(distinct) / len(distinct):.1f} distinct classes on average where a "
-                        f"shuffled batch of {size} holds {expected:.1f}: the data is sorted by class and not shuffled")
-    details = {"coverage": coverage, "index_order_correlation": rank_corr, "class_mixing": mixing}
-    message = (f"one epoch covers {coverage:.1%} of train once, in shuffled order (position/index correlation "
-               f"{rank_corr:.2f}), with {mixing:.0%} of the class mixing of random batches." if not problems
-               else "; ".join(problems) + ".")
-    value = min(coverage, mixing)
-    return CheckResult("batch_sampling", STAGE, Verdict.FAIL if problems else Verdict.PASS, value, min_mixing, ">=",
-                       message, details=details)
 
 
 def output_sanity(pipeline: Pipeline) -> CheckResult:
