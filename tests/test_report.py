@@ -16,6 +16,7 @@ import torch
 from checks.report import render, sections
 from checks.report.figures import render_png
 from checks.report.render import build_record, environment_info, figures_of, rerender, write_report
+from checks.report.robustness import shift_image
 from checks.report.training import training_summary, wilson_interval
 from checks.result import CheckResult, Figure, Verdict
 from recipe.config import TrainConfig
@@ -27,7 +28,8 @@ EVIL = '<script>alert("x")</script> \'quoted\' & $x$'
 SCHEMA_KEYS = {"schema_version", "overall", "created_utc", "command", "forced", "fingerprint", "pipeline", "data",
                "config", "environment", "timings", "checks", "training"}
 CHECK_KEYS = {"name", "stage", "verdict", "value", "threshold", "comparison", "message", "details", "duration_s"}
-TRAINING_KEYS = {"epochs", "val_accuracy", "val_ci95", "test_accuracy", "test_ci95", "stopped", "per_class", "anchors"}
+TRAINING_KEYS = {"epochs", "val_accuracy", "val_ci95", "test_accuracy", "test_ci95", "stopped", "per_class", "anchors",
+                 "shift_robustness"}
 
 
 def one_of_each_kind(rng: np.random.Generator) -> list[Figure]:
@@ -167,7 +169,7 @@ def test_a_stopped_run_reports_no_test_numbers(trained):
     pipeline, result, _ = trained
     stopped = FitResult(model=result.model, history=result.history, test=None, stopped="training loss became nan")
     summary, figures = training_summary(pipeline, stopped)
-    assert summary["test_accuracy"] is None and summary["per_class"] == []
+    assert summary["test_accuracy"] is None and summary["per_class"] == [] and summary["shift_robustness"] == []
     assert sections.CONFUSION not in [f.title for f in figures]
 
 
@@ -283,3 +285,22 @@ def test_rerender_without_figures_json_says_the_figures_are_missing(sample_data,
     (tmp_path / render.FIGURES_NAME).unlink()
     html = rerender(tmp_path).read_text()
     assert "figures.json is missing" in html and "data:image/png" not in html and "overfit_one_batch" in html
+
+
+def test_shift_image_moves_pixels_and_fills_the_gap():
+    image = torch.arange(1, 10, dtype=torch.float32).reshape(1, 3, 3)
+    assert shift_image(image, 0, 1, fill=-1.0).tolist() == [[[-1, 1, 2], [-1, 4, 5], [-1, 7, 8]]]
+    assert shift_image(image, -1, 0, fill=0.0).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
+    assert torch.equal(shift_image(image, 0, 0, fill=0.0), image)
+
+
+def test_shift_robustness_peaks_unshifted_and_drops_for_a_linear_model(trained):
+    pipeline, result, (summary, figures) = trained
+    rows = summary["shift_robustness"]
+    assert [r["shift_px"] for r in rows] == list(range(-4, 5))
+    centre = rows[4]
+    assert centre["horizontal"] == centre["vertical"]
+    n = len(pipeline.data.test)  # the sample's test split is under 2,000: all of it is scored
+    assert centre["horizontal"] == pytest.approx(summary["test_accuracy"], abs=1 / n)
+    assert max(rows[0]["vertical"], rows[-1]["vertical"]) < centre["vertical"] - 0.3  # templates are tied to positions
+    assert sections.SHIFTS in [f.title for f in figures]

@@ -14,6 +14,7 @@ CONFUSION = "Confusion matrix on test (rows: true class, columns: predicted)"
 TEMPLATES = "Weight templates: each class's row of W as 28x28 (red raises its score, blue lowers it)"
 MISTAKES = "Most confidently wrong test images"
 ANCHORS = "Test accuracy against anchors"
+SHIFTS = "Test accuracy with every test image moved a few pixels"
 
 NOTES = {
     LOSS_CURVES: (
@@ -40,6 +41,14 @@ NOTES = {
         "prediction is the largest. These test images got a wrong prediction with the highest "
         "probability. Some are genuinely ambiguous or mislabelled; the rest show what the "
         "templates miss."),
+    SHIFTS: (
+        "The same trained model on the same test images, moved by whole pixels (background fills the "
+        "gap). A linear model's features are its templates, tied to pixel positions: ink that moves "
+        "lands on other template pixels, so accuracy falls fast and the features only apply to "
+        "centred, upright images like the training set's. Convolutions and pooling share features "
+        "across positions, which is what harder cases (digits in photos, house numbers) need. Shift "
+        "augmentation (--augment shift-rotate) flattens this curve, but a linear model pays for it "
+        "with accuracy on centred images: one template per class has to blur over every position."),
     ANCHORS: (
         "Put the number in context: chance (1/C) and always-the-majority-class are what a broken "
         "model scores; published linear models show what this model family can reach."),
@@ -52,4 +61,5 @@ LAB_QUESTIONS = {
     CONFUSION: "What is the suitability of a linear network for hand-written digits?",
     TEMPLATES: "How do you get the weights?",
     MISTAKES: "What is the output format of the model?",
+    SHIFTS: "Does this feature always apply? Will it work for other images?",
 }

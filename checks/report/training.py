@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from checks.report.sections import ACCURACY_CURVE, ANCHORS, CONFUSION, LOSS_CURVES, MISTAKES, TEMPLATES
+from checks.report.robustness import shift_robustness
+from checks.report.sections import ACCURACY_CURVE, ANCHORS, CONFUSION, LOSS_CURVES, MISTAKES, SHIFTS, TEMPLATES
 from checks.result import Figure
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def training_summary(pipeline: "Pipeline", fit_result: "FitResult") -> tuple[dic
     summary: dict[str, Any] = {"epochs": history, "stopped": fit_result.stopped,
                                "val_accuracy": None, "val_ci95": None, "val_n": n_val,
                                "test_accuracy": None, "test_ci95": None, "test_n": len(pipeline.data.test),
-                               "per_class": [], "anchors": [], "confident_mistakes": []}
+                               "per_class": [], "anchors": [], "confident_mistakes": [], "shift_robustness": []}
     if history:
         val_accuracy = float(history[-1]["val_accuracy"])
         summary["val_accuracy"] = val_accuracy
@@ -69,9 +70,11 @@ def training_summary(pipeline: "Pipeline", fit_result: "FitResult") -> tuple[dic
     if fit_result.test is not None:
         y, probs = _test_predictions(fit_result.model, pipeline)
         test_figures = _test_section(summary, pipeline, y, probs, names)
+        summary["shift_robustness"], test_figures[SHIFTS] = shift_robustness(fit_result.model, pipeline)
     templates = weight_templates(fit_result.model, names)
     figures = _curves(history, len(names)) + [
-        f for f in (test_figures.get(CONFUSION), templates, test_figures.get(MISTAKES), test_figures.get(ANCHORS))
+        f for f in (test_figures.get(CONFUSION), templates, test_figures.get(MISTAKES), test_figures.get(SHIFTS),
+                    test_figures.get(ANCHORS))
         if f is not None]
     return summary, figures
 
