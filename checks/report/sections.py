@@ -63,3 +63,10 @@ LAB_QUESTIONS = {
     MISTAKES: "What is the output format of the model?",
     SHIFTS: "Does this feature always apply? Will it work for other images?",
 }
+
+# The checks whose figures answer one of the handout's data questions ("become one with the data").
+CHECK_LAB_QUESTIONS = {
+    "label_signal": "Which features help you recognise the number?",
+    "label_agreement": "Does this feature always apply?",
+    "augmentation_consistency": "Will it work for other images?",
+}
