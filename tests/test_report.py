@@ -304,3 +304,13 @@ def test_shift_robustness_peaks_unshifted_and_drops_for_a_linear_model(trained):
     assert centre["horizontal"] == pytest.approx(summary["test_accuracy"], abs=1 / n)
     assert max(rows[0]["vertical"], rows[-1]["vertical"]) < centre["vertical"] - 0.3  # templates are tied to positions
     assert sections.SHIFTS in [f.title for f in figures]
+
+
+def test_a_check_that_answers_a_handout_question_says_which(trained, tmp_path):
+    pipeline, _, (summary, training_figures) = trained
+    results = [CheckResult("label_signal", "data", Verdict.PASS, 0.2, 0.02, ">=", "means differ"),
+               CheckResult("loss_at_init", "skeleton", Verdict.PASS, 0.0, 0.05, "<=", "ln(10)")]
+    html = write_report(tmp_path, record_for(pipeline, results, summary), figures_of(results, training_figures))
+    page = html.read_text()
+    assert page.count("Lab question: Which features help you recognise the number?") == 1
+    assert "Lab question: Does this feature always apply? Will it work for other images?" in page  # the shift figure
