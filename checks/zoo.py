@@ -26,13 +26,13 @@ from checks.registry import CHECKS_BY_STAGE
 from checks.result import CheckResult, Verdict, run_stages
 from checks.zoo_bugs import (
     MISSING_CLASS, BatchMixingLinear, DetachedLinear, LogSoftmaxLinear, class_missing_from_train,
-    eval_images_mirrored, frozen_weights, horizontal_flip, init_100x, inputs_normalised_twice, inputs_not_normalised, label_in_pixel,
-    labels_off_by_one, labels_permuted_in_dataset, labels_shuffled_apart, leaked_test_images, loss_clamped,
-    loss_summed, lr_100x_too_high, lr_far_too_low, mse_on_class_indices, negated_loss, never_shuffled,
-    noisy_labels_everywhere, noisy_train_labels, norm_stats_from_test, rotation_180, same_batch_every_time,
-    softmax_before_loss, sorted_by_class, step_before_backward, step_without_zero_grad,
-    train_label_map_differs, unseeded_shuffle, val_from_sorted_tail, val_labels_shifted,
-    weight_decay_far_too_high, with_linear_model)
+    eval_images_mirrored, frozen_weights, horizontal_flip, init_100x, inputs_normalised_twice,
+    inputs_not_normalised, label_in_pixel, labels_off_by_one, labels_permuted_in_dataset,
+    labels_shuffled_apart, leaked_test_images, loss_clamped, loss_summed, lr_100x_too_high, lr_far_too_low,
+    mse_on_class_indices, negated_loss, never_shuffled, noisy_labels_everywhere, noisy_train_labels,
+    norm_stats_from_test, rotation_180, same_batch_every_time, softmax_before_loss, sorted_by_class,
+    step_before_backward, step_without_zero_grad, systematic_mislabel_everywhere, train_label_map_differs,
+    unseeded_shuffle, val_from_sorted_tail, val_labels_shifted, weight_decay_far_too_high, with_linear_model)
 from recipe.config import TrainConfig
 from recipe.data import DataBundle, load_data
 from recipe.pipeline import Pipeline, default_pipeline, mlp_pipeline
@@ -80,14 +80,20 @@ ZOO: tuple[Bug, ...] = (
         ("target_leak",), ("target leaks",),
         "a single pixel predicts the label perfectly"),
     Bug("noisy_train_labels", noisy_train_labels.__doc__, noisy_train_labels,
-        ("label_agreement",), ("annotation noise",),
+        ("label_agreement", "label_noise"), ("annotation noise", "flipped at random"),
         "a linear probe fit on part of train misses about 15 points more of the held-out train labels than of "
-        "the val + test labels; every other check traces examples back to the noisy labels and trusts them"),
+        "the val + test labels, and classes that never look alike share labels; every other check traces "
+        "examples back to the noisy labels and trusts them"),
     Bug("noisy_labels_everywhere", noisy_labels_everywhere.__doc__, noisy_labels_everywhere,
+        ("label_noise",), ("flipped at random",),
+        "the splits agree (all equally noisy), but in clean data most label/class pairs never meet, and random "
+        "flips put about 2% of every label's images in every other class"),
+    Bug("systematic_mislabel_everywhere", systematic_mislabel_everywhere.__doc__, systematic_mislabel_everywhere,
         (), (),
-        "not caught: the noise is the same in every split, so the probe misses equally often everywhere, and a "
-        "linear model still trains and overfits a small batch. Only a trusted, clean reference set could show "
-        "it; the report's 'most confidently rejected' train images are where a human would see it."),
+        "not caught: the same confusion in every split keeps the splits in agreement, and it fills one cell "
+        "of the label/class matrix rather than raising its floor; on digits, 4 and 9 are also a pair a linear model "
+        "confuses honestly. The probe's confusion matrix in the report shows the cell; only a trusted, clean "
+        "reference set could prove it wrong."),
     Bug("train_label_map_differs", train_label_map_differs.__doc__, train_label_map_differs,
         ("label_agreement",), ("label map",),
         "a probe taught by train predicts class 1 for val/test's class 0 and back, so it misses ~20 points "

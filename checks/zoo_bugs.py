@@ -175,6 +175,17 @@ def noisy_labels_everywhere(pipeline: Pipeline) -> Pipeline:
     return _with_data(pipeline, replace(data, **noisy))
 
 
+def systematic_mislabel_everywhere(pipeline: Pipeline) -> Pipeline:
+    """In every split, 30% of class 4's images are labelled 9: one annotator's consistent confusion."""
+    def relabel(labels: torch.Tensor, seed: int) -> torch.Tensor:
+        chosen = torch.rand(len(labels), generator=torch.Generator().manual_seed(seed)) < 0.3
+        return torch.where((labels == 4) & chosen.to(labels.device), torch.full_like(labels, 9), labels)
+    data = pipeline.data
+    relabelled = {name: Split(data.split(name).images, relabel(data.split(name).labels, seed))
+                  for seed, name in enumerate(("train", "val", "test"))}
+    return _with_data(pipeline, replace(data, **relabelled))
+
+
 def train_label_map_differs(pipeline: Pipeline) -> Pipeline:
     """Train numbers the classes by its own folder listing, val/test by the official list: 0 and 1 swap in train."""
     train = pipeline.data.train
@@ -215,7 +226,8 @@ def unseeded_shuffle(pipeline: Pipeline) -> Pipeline:
 
 def sorted_by_class(pipeline: Pipeline) -> Pipeline:
     """The loader never shuffles and walks the data sorted by class: all 0s, then all 1s, ..."""
-    return _loader_with_order(pipeline, lambda split, shuffle, generator: torch.argsort(split.labels, stable=True).cpu())
+    return _loader_with_order(pipeline,
+                              lambda split, shuffle, generator: torch.argsort(split.labels, stable=True).cpu())
 
 
 def never_shuffled(pipeline: Pipeline) -> Pipeline:

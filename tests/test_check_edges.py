@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from checks import data_checks, skeleton_checks
-from checks.label_agreement import label_agreement
+from checks.label_checks import label_agreement, label_noise
 from checks.result import Verdict, run_check, run_stages
 from recipe.config import TrainConfig
 from recipe.data import Split
@@ -107,3 +107,13 @@ def test_label_agreement_scores_only_images_the_probe_has_not_seen(clean):
     honest = label_agreement(clean)
     assert result.details["val_test_scored"] < honest.details["val_test_scored"]
     assert result.verdict is Verdict.PASS
+
+
+def test_label_noise_skips_when_too_few_classes_can_be_compared(clean):
+    """With two classes every pair may be genuinely confusable: no floor to measure."""
+    train = clean.data.train
+    two = (train.labels == 0) | (train.labels == 1)
+    data = replace(clean.data, train=Split(train.images[two], train.labels[two]))
+    result = label_noise(replace(clean, data=data))
+    assert result.verdict is Verdict.SKIP
+    assert "2 of 10 classes" in result.message

@@ -1,11 +1,15 @@
-"""Stage `data`: do the train labels agree with their images as well as the val and test labels do?
+"""Stage `data`: are the labels trustworthy? Two checks built on one linear probe.
 
-A linear probe (ridge regression on raw pixels, solved in closed form, well under a second) is fit
-on part of train and scored on train examples it has not seen and on val + test. Train and the
-held-out splits come from the same labelling process, so the probe should miss equally often on
-both. Labels corrupted in one split only (annotation noise, a label map applied to train but not
-to test, classes swapped in one file) open a gap. Corruption present in every split looks
-the same everywhere, so this check cannot see it.
+The probe is ridge regression on raw pixels, solved in closed form (well under a second), fit on
+part of train and scored on examples it has not seen.
+- `label_agreement`: held-out train labels and val + test labels come from the same labelling
+  process, so the probe should miss equally often on both. Labels corrupted in one split only
+  (annotation noise, a label map applied to train but not to test, classes swapped in one file)
+  open a gap.
+- `label_noise`: in clean data most pairs of classes are never confused (a clear 0 is never
+  labelled 1), so most cells of the label-vs-probe confusion matrix are empty. Labels flipped at
+  random, even the same way in every split, put a floor under every cell.
+A systematic confusion present in every split (one annotator always writing 9 for 4) passes both.
 """
 from __future__ import annotations
 
@@ -52,6 +56,15 @@ def _per_class_error(wrong: torch.Tensor, labels: torch.Tensor, num_classes: int
     return (torch.bincount(labels[wrong], minlength=num_classes) / counts).tolist()
 
 
+def _train_fit_and_held_out(pipeline: Pipeline, generator: torch.Generator, max_fit: int,
+                            max_scored: int) -> tuple[Split, Split]:
+    """A random part of train to fit the probe on, and a disjoint part (up to a third) to score."""
+    train = pipeline.data.train
+    order = torch.randperm(len(train), generator=generator)
+    n_held = min(max_scored, len(train) // 3)
+    return _subset(train, order[n_held:n_held + max_fit]), _subset(train, order[:n_held])
+
+
 def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, max_fit: int = 10_000,
                     max_scored: int = 5_000, min_scored: int = 100) -> CheckResult:
     """The probe's error on held-out train labels and on val + test labels must match.
@@ -61,10 +74,7 @@ def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, m
     """
     data = pipeline.data
     generator = torch.Generator().manual_seed(pipeline.config.seed)
-    train_order = torch.randperm(len(data.train), generator=generator)
-    n_held = min(max_scored, len(data.train) // 3)
-    held = _subset(data.train, train_order[:n_held])
-    fit = _subset(data.train, train_order[n_held:n_held + max_fit])
+    fit, held = _train_fit_and_held_out(pipeline, generator, max_fit, max_scored)
     reference_images = torch.cat([data.val.images.cpu(), data.test.images.cpu()])
     reference_labels = torch.cat([data.val.labels.cpu(), data.test.labels.cpu()])
     keep = torch.randperm(len(reference_labels), generator=generator)[:max_scored]
@@ -76,7 +86,8 @@ def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, m
                            f"held-out train, {len(reference)} val + test; need {min_scored} of each scored)")
     weights = fit_ridge_probe(fit, data.num_classes)
     scores = {name: _features(split.images) @ weights for name, split in (("train", held), ("reference", reference))}
-    wrong = {name: scores[name].argmax(1) != split.labels for name, split in (("train", held), ("reference", reference))}
+    wrong = {name: scores[name].argmax(1) != split.labels
+             for name, split in (("train", held), ("reference", reference))}
     train_error, reference_error = (wrong[n].double().mean().item() for n in ("train", "reference"))
     gap = train_error - reference_error
     standard_error = math.sqrt(train_error * (1 - train_error) / len(held)
@@ -103,6 +114,57 @@ def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, m
                 "renumbered in one file), val/test hold classes train lacks, or val/test come from another "
                 "distribution than train.")
     return measured("label_agreement", STAGE, abs(gap), threshold, "<=", ok, fail, figures=figures, details=details)
+
+
+def label_noise(pipeline: Pipeline, max_floor: float = 0.01, quantile: float = 0.25, min_classes: int = 4,
+                min_per_class: int = 20, max_fit: int = 10_000, max_scored: int = 5_000) -> CheckResult:
+    """The quieter cells of the label-vs-probe confusion matrix must be (nearly) empty.
+
+    On held-out train examples, each row of the matrix is one given label and holds the share of
+    its images the probe puts in each other class. The `quantile` (default: lower quartile) of
+    those off-diagonal shares is the noise floor (each cell counted less one, so a single stray image
+    is not evidence); clean MNIST and Fashion-MNIST measure 0.000, and 20% of labels replaced at
+    random measures about 0.02. FAILs above `max_floor`.
+    """
+    data = pipeline.data
+    num_classes = data.num_classes
+    generator = torch.Generator().manual_seed(pipeline.config.seed)
+    fit, held = _train_fit_and_held_out(pipeline, generator, max_fit, max_scored)
+    held = _unseen(held, fit)
+    counts = torch.bincount(held.labels.long(), minlength=num_classes)
+    rows = torch.nonzero(counts >= min_per_class).flatten()
+    if num_classes < min_classes or len(rows) < min_classes or len(fit) < 10 * num_classes:
+        return CheckResult("label_noise", STAGE, Verdict.SKIP, None, None, "",
+                           f"needs {min_classes}+ classes with {min_per_class}+ held-out train examples each "
+                           f"(have {len(rows)} of {num_classes} classes): with fewer, every pair of classes may "
+                           "be genuinely confusable")
+    scores = _features(held.images) @ fit_ridge_probe(fit, num_classes)
+    predicted = scores.argmax(1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)  # (given label, probe's class)
+    confusion.index_put_((held.labels.long(), predicted), torch.ones(len(predicted), dtype=torch.float64),
+                         accumulate=True)
+    shares = (confusion[rows] - 1).clamp(min=0) / counts[rows, None]  # a pair met once is not evidence
+    off_diagonal = shares[rows[:, None] != torch.arange(num_classes)[None, :]]  # drop each row's own class
+    floor = torch.quantile(off_diagonal, quantile).item()
+    probe_accuracy = (predicted == held.labels).double().mean().item()
+    noisy_share = min(1.0, floor * num_classes / max(probe_accuracy, 1e-9))
+    names = list(data.class_names)
+    figures = [Figure("matrix", "held-out train images: given label (rows) vs the probe's class (columns), "
+                                "share of each row", {
+                          "values": (confusion / counts.clamp(min=1)[:, None]).numpy(),
+                          "rows": names, "cols": names, "xlabel": "probe's class", "ylabel": "given label"}),
+               _disagreements_figure(names, scores, held)]
+    details = {"noise_floor": floor, "quantile": quantile, "quiet_cells": int((off_diagonal == 0).sum()),
+               "off_diagonal_cells": len(off_diagonal), "probe_accuracy": probe_accuracy,
+               "train_scored": len(held)}
+    said = (f"on {len(held)} held-out train images, the {quantile:.0%} quantile of how often a given label holds "
+            f"images the probe puts in another class is {floor:.2%} (limit {max_floor:.0%}); "
+            f"{details['quiet_cells']} of {len(off_diagonal)} label/class pairs meet at most once")
+    ok = f"{said}: most pairs of classes are never confused, as in cleanly labelled data."
+    fail = (f"{said}: labels look flipped at random - even classes that look nothing alike share labels. Roughly "
+            f"{noisy_share:.0%} of train labels may be wrong (noisy annotation, labels re-drawn or mixed up when "
+            "the set was built). A model trains on them anyway; look at the images the probe rejects below.")
+    return measured("label_noise", STAGE, floor, max_floor, "<=", ok, fail, figures=figures, details=details)
 
 
 def _per_class_figure(names: list[str], wrong: dict[str, torch.Tensor], held: Split, reference: Split) -> Figure:
