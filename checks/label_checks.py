@@ -94,8 +94,7 @@ def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, m
                                + reference_error * (1 - reference_error) / len(reference))
     threshold = max(min_gap, z * standard_error)
     chance = 1.0 - 1.0 / data.num_classes
-    figures = [_per_class_figure(data.class_names, wrong, held, reference),
-               _disagreements_figure(data.class_names, scores["train"], held)]
+    figures = [_per_class_figure(data.class_names, wrong, held, reference)]  # the rejected images: label_noise
     details = {"train_held_out_error": train_error, "val_test_error": reference_error, "gap": gap,
                "standard_error": standard_error, "fit_examples": len(fit), "train_scored": len(held),
                "val_test_scored": len(reference)}
@@ -107,7 +106,7 @@ def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, m
         fail = (f"{said}: the train labels disagree with their images more often: roughly {min(1.0, gap / chance):.0%} "
                 "of them look wrong. Train labels were corrupted (annotation noise, a label map or offset applied "
                 "to train only), or train comes from another distribution than val/test. Look at the probe's "
-                "most confident disagreements below.")
+                "most confident disagreements in label_noise's figures.")
     else:
         fail = (f"{said}: the val/test labels disagree with what train teaches, most in the classes with the "
                 "tallest val + test bars below. The splits use different label maps (classes swapped or "

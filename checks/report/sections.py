@@ -67,6 +67,6 @@ LAB_QUESTIONS = {
 # The checks whose figures answer one of the handout's data questions ("become one with the data").
 CHECK_LAB_QUESTIONS = {
     "label_signal": "Which features help you recognise the number?",
-    "label_agreement": "Does this feature always apply?",
+    "label_noise": "Does this feature always apply?",
     "augmentation_consistency": "Will it work for other images?",
 }
