@@ -113,7 +113,7 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
         cause = (f"the loss plateaued at {final:.4f} after {len(losses)} steps (from {losses[0]:.4f}): learning rate "
                  "too low, gradients not flowing (frozen/detached layer, clipped loss), a loss that can't reach 0 "
                  "(MSE on class indices, softmax before cross-entropy, label smoothing), strong regularisation (weight "
-                 "decay), or labels that don't match the inputs")
+                 "decay, heavy dropout), or labels that don't match the inputs")
     elif accuracy < 1.0:
         cause = (f"the loss reached {final:.4f} but after that step only {accuracy:.0%} of the batch is predicted "
                  "right: the step jumped away from the solution (learning rate too high), or the loss does not "
