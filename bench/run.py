@@ -3,6 +3,7 @@
     python -m bench.run                                   # all parts on CPU
     python -m bench.run --parts epoch,sklearn --rounds 7 --out bench/results/cpu.json
     python -m bench.run --device cuda                     # the same figures on a GPU
+    python -m bench.run --parts gpu                       # epoch, sklearn, scaling and batch512 on CUDA
 
 Every comparison runs in this one process, on the same data, alternating which side goes first.
 Nothing here asserts a time: it prints, and a human or CI reads it.
