@@ -19,7 +19,8 @@ from bench.reference import bare_epoch, reference_epoch, reference_loader, torch
 from recipe.data import DataBundle, normalize
 from recipe.pipeline import Pipeline, default_pipeline
 from recipe.sources import DEBIAN_FASHION_DIR
-from recipe.train import fit, train_step
+from recipe.steps import train_step
+from recipe.train import fit
 
 TARGET_SPEEDUP = 15.0
 

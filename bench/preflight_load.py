@@ -27,7 +27,7 @@ def tiled(data, scale: int):
 
 def measure(scale: int) -> dict:
     from checks.registry import CHECKS_BY_STAGE
-    from checks.result import run_stages
+    from checks import run_all
     from recipe.config import TrainConfig
     from recipe.data import load_data
     from recipe.pipeline import default_pipeline
@@ -35,7 +35,7 @@ def measure(scale: int) -> dict:
     started = time.perf_counter()
     data = tiled(load_data("fashion-mnist", download=False), scale)
     loaded = time.perf_counter()
-    results = run_stages(default_pipeline(TrainConfig(), data), CHECKS_BY_STAGE, gate=False)
+    results = run_all(default_pipeline(TrainConfig(), data), gate=False)
     done = time.perf_counter()
     return {"scale": scale, "images": len(data.train) + len(data.val) + len(data.test),
             "load_s": round(loaded - started, 2), "checks_s": round(done - loaded, 2),

@@ -6,8 +6,9 @@ import math
 import torch
 
 from checks.result import CheckResult, Figure, Verdict, measured
-from checks.sampling import accuracy_and_loss, first_batches, fresh_model, short_training
+from checks.sampling import accuracy_and_loss, advance_warmup, first_batches, fresh_model, short_training
 from recipe.pipeline import Pipeline
+from recipe.train import take_step, training_objects
 
 STAGE = "baselines"
 
@@ -65,7 +66,8 @@ def _still_falling(losses: list[float], window: int, min_fall: float) -> bool:
 def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int = 300,
                       loss_threshold: float = 0.05, extend_window: int = 50, extend_min_fall: float = 0.1,
                       max_extended_steps: int = 900) -> CheckResult:
-    """One fixed small batch, augmentation off, the pipeline's own step and optimizer: the loss must
+    """One fixed small batch, augmentation off, the pipeline's own step, optimizer and warm-up (its lr
+    schedule is followed while the lr rises, then held; see `advance_warmup`): the loss must
     fall below `loss_threshold` and the batch accuracy reach 100% within `max_steps`.
 
     A slow but healthy optimizer (plain SGD, a small lr) gets more steps, up to `max_extended_steps`,
@@ -76,11 +78,13 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
     batch = first_batches(pipeline, "train", 1)[0]
     x, y = batch.x[:batch_size], batch.y[:batch_size]
     model = fresh_model(pipeline)
-    optimizer = pipeline.make_optimizer(model.parameters())
+    optimizer, scheduler = training_objects(pipeline, model)
     losses = []
     limit = max_steps
+    following = True
     while len(losses) < limit:
-        losses.append(float(pipeline.train_step(model, optimizer, pipeline.loss_fn, x, y)))
+        losses.append(float(take_step(pipeline, model, optimizer, x, y)))
+        following = following and advance_warmup(pipeline, scheduler, optimizer, len(losses))
         if not math.isfinite(losses[-1]) or losses[-1] < loss_threshold:
             break
         if len(losses) == limit and limit < max_extended_steps and \

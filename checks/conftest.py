@@ -1,33 +1,48 @@
-"""pytest wiring for the preflight: options, the session's pipeline, gating, and result collection.
+"""pytest wiring for the preflight: a thin shim over checks/runner.py and checks/preflight.py.
 
-`pytest checks/` runs every check in `checks.registry` on the pipeline named by `--pipeline`
-(default: the recipe's linear classifier) as one test each. FAIL/ERROR fail the test, WARN warns,
-SKIP skips ("blocked by <stage>"). The results are kept in `config.stash` and written as a report
-once, at session finish.
+`pytest checks/` builds the pipeline named by `--pipeline` (default: the recipe's linear
+classifier) once, then streams the one runner's results: each test takes its check's result as the
+runner produces it, in stage order, with the runner's stage gate. FAIL/ERROR fail the test, WARN
+warns, SKIP skips ("blocked by <stage>"). A `-k`/`-m` selection runs only those checks; its report
+says "partial" and it can never open the training gate. The report is written once, at session
+finish, by the same function the CLI uses.
 """
 from __future__ import annotations
 
 import time
 import warnings
 from dataclasses import dataclass, field, fields
+from typing import Iterator
 
 import pytest
-import torch
 
-from checks.result import STAGES, CheckResult, Verdict, run_check
+from checks.registry import CHECKS
+from checks.result import STAGES, CheckResult, Verdict
 
 RESULTS_KEY = pytest.StashKey["PreflightState"]()
 
 
 @dataclass
 class PreflightState:
-    pipeline: object = None
     spec: str = ""
+    pipeline: object = None
     data_load_s: float = 0.0
+    only: list[str] | None = None          # the -k/-m selection, or None for every check
+    stream: Iterator[CheckResult] | None = None
     results: list[CheckResult] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     report_path: object = None
-    data_reported_by_caller: bool = False  # the CLI already said which data it loaded
+
+    def result_for(self, name: str) -> CheckResult:
+        """Advance the runner until it has produced `name`'s result."""
+        for result in self.results:
+            if result.name == name:
+                return result
+        for result in self.stream:
+            self.results.append(result)
+            if result.name == name:
+                return result
+        raise LookupError(f"the runner produced no result for {name}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,14 +52,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, spec in data_options() + training_options():
         group.addoption(flag, **spec)
     group.addoption("--no-report", action="store_true", help="do not write a report")
-    group.addoption("--run-dir", default=None, help=argparse_suppress())
     group.addoption("--no-gate", action="store_true", help="run later stages even if an earlier stage FAILed")
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS  # --run-dir: the CLI's way to put the preflight into its own run folder
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,17 +63,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def build_session_pipeline(config: pytest.Config):
     """Load the data once and build the pipeline; a user error becomes one clear usage line."""
+    import torch
+
     from recipe.config import TrainConfig
     from recipe.data import load_data
     from recipe.errors import RecipeError
-    from recipe.pipeline import make_pipeline, resolve_device
+    from recipe.pipeline import resolve_device
+    from recipe.user_code import make_pipeline
 
     state = config.stash[RESULTS_KEY]
-    for plugin in config.pluginmanager.get_plugins():  # `recipe check/run/train` built it already
-        if getattr(plugin, "prebuilt_pipeline", None) is not None:
-            state.pipeline, state.data_load_s = plugin.prebuilt_pipeline, plugin.data_load_s
-            state.data_reported_by_caller = True
-            return state.pipeline
     started = time.perf_counter()
     threads = config.getoption("--threads")
     if threads < 1:
@@ -85,35 +91,25 @@ def build_session_pipeline(config: pytest.Config):
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.items and not session.config.option.collectonly:
-        build_session_pipeline(session.config)
+    if not session.items or session.config.option.collectonly:
+        return
+    from checks.runner import iter_results
 
-
-@pytest.fixture(scope="session")
-def pipeline(request: pytest.FixtureRequest):
-    state = request.config.stash[RESULTS_KEY]
-    return state.pipeline if state.pipeline is not None else build_session_pipeline(request.config)
-
-
-def blocking_stage(results: list[CheckResult], stage: str) -> str | None:
-    """The first stage before `stage` with a FAIL or ERROR, if any."""
-    earlier = STAGES[:STAGES.index(stage)]
-    for candidate in earlier:
-        if any(r.stage == candidate and r.verdict.blocks for r in results):
-            return candidate
-    return None
+    state = session.config.stash[RESULTS_KEY]
+    selected = [item.callspec.params["name"] for item in session.items
+                if hasattr(item, "callspec") and "name" in item.callspec.params]
+    state.only = None if set(selected) >= set(CHECKS) else selected
+    build_session_pipeline(session.config)
+    state.stream = iter_results(state.pipeline, gate=not session.config.getoption("--no-gate"), only=state.only)
 
 
 @pytest.fixture
-def preflight(request: pytest.FixtureRequest, pipeline):
-    """Run one check through the runner, record it, and turn its verdict into the test outcome."""
+def preflight(request: pytest.FixtureRequest):
+    """Take one check's result from the runner and turn its verdict into the test outcome."""
     state = request.config.stash[RESULTS_KEY]
-    gate = not request.config.getoption("--no-gate")
 
-    def run(check, stage: str) -> CheckResult:
-        blocked_by = blocking_stage(state.results, stage) if gate else None
-        result = run_check(check, pipeline, stage, blocked_by)
-        state.results.append(result)
+    def outcome(name: str) -> CheckResult:
+        result = state.result_for(name)
         summary = f"{result.name}: {result.message}"
         if result.verdict is Verdict.SKIP:
             pytest.skip(result.message)
@@ -123,25 +119,52 @@ def preflight(request: pytest.FixtureRequest, pipeline):
             warnings.warn(summary, UserWarning, stacklevel=1)
         return result
 
-    return run
+    return outcome
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach each check's verdict, value, threshold and message to the JUnit XML as properties."""
+    report = yield
+    if call.when != "call" or not hasattr(item, "callspec") or "name" not in item.callspec.params:
+        return
+    state = item.config.stash[RESULTS_KEY]
+    result = next((r for r in state.results if r.name == item.callspec.params["name"]), None)
+    if result is not None:
+        rep = report.get_result()
+        rep.user_properties += [("verdict", result.verdict.value), ("value", result.value),
+                                ("threshold", result.threshold), ("comparison", result.comparison),
+                                ("message", result.message)]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(RESULTS_KEY, None)
-    if state is None or not state.results or session.config.getoption("--no-report"):
+    if state is None or state.pipeline is None or not state.results or session.config.getoption("--no-report"):
         return
-    from checks.session_report import write_preflight_report
+    from pathlib import Path
 
-    state.report_path = write_preflight_report(session.config, state)
+    from checks.preflight import identify, Preflight, write_run_report
+    from recipe.runs import new_run_dir, point_latest
+
+    report_dir = Path(session.config.getoption("--report-dir"))
+    run_dir = new_run_dir(report_dir)
+    preflight = Preflight(list(state.results), state.spec, identify(state.spec, state.pipeline),
+                          sum(r.duration_s for r in state.results))
+    timings = {"data_load_s": state.data_load_s, "checks_s": preflight.checks_s,
+               "total_s": time.perf_counter() - state.started}
+    state.report_path = write_run_report(run_dir, preflight, state.pipeline, timings)
+    point_latest(report_dir, run_dir)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(RESULTS_KEY, None)
     if state is None or state.pipeline is None:
         return
-    if not state.data_reported_by_caller:
-        data = state.pipeline.data
-        terminalreporter.write_line(f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / "
-                                    f"{len(data.test)} test) - {data.reason}")
+    data = state.pipeline.data
+    terminalreporter.write_line(f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / "
+                                f"{len(data.test)} test) - {data.reason}")
+    if state.only is not None:
+        terminalreporter.write_line(f"partial preflight: {len(state.results)} of {len(CHECKS)} checks; it cannot "
+                                    "open the training gate (run every check for that)")
     if state.report_path is not None:
         terminalreporter.write_line(f"preflight report: {state.report_path}")

@@ -6,13 +6,14 @@ from checks import baseline_checks as baselines
 from checks import data_checks as data
 from checks import label_checks as labels
 from checks import loader_checks as loader
+from checks import loop_checks as loop
 from checks import skeleton_checks as skeleton
 
 CHECKS_BY_STAGE = {
     "data": [data.integrity, data.class_balance, data.duplicates_and_leakage, data.normalisation_stats_source,
              data.input_normalisation, data.target_leak, data.label_signal, labels.label_agreement,
              labels.label_noise],
-    "skeleton": [skeleton.determinism, loader.what_goes_into_the_net, loader.label_pairing,
+    "skeleton": [loop.fit_dry_run, skeleton.determinism, loader.what_goes_into_the_net, loader.label_pairing,
                  loader.batch_sampling, augmentation.augmentation_consistency, skeleton.output_sanity,
                  skeleton.loss_at_init, skeleton.batch_independence, skeleton.gradient_flow],
     "baselines": [baselines.input_independent_baseline, baselines.overfit_one_batch,

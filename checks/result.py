@@ -1,4 +1,4 @@
-"""CheckResult, Verdict, Figure, and the stage runner.
+"""CheckResult, Verdict and Figure: what a check returns (checks/runner.py runs them).
 
 A check is a plain function `check(pipeline) -> CheckResult` that keeps no state and prints
 nothing. The measured value is kept apart from the verdict: every result carries the number, the
@@ -7,11 +7,9 @@ failure, the likely causes and fixes. Only the runner catches exceptions, turnin
 """
 from __future__ import annotations
 
-import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Callable
+from typing import Any
 
 STAGES = ("data", "skeleton", "baselines")
 
@@ -85,34 +83,3 @@ def measured(name: str, stage: str, value: float, threshold: float, comparison: 
 def worst(verdicts) -> Verdict:
     verdicts = list(verdicts)
     return max(verdicts, key=lambda v: v.severity) if verdicts else Verdict.PASS
-
-
-def run_check(check: Callable[..., CheckResult], pipeline: Any, stage: str,
-              blocked_by: str | None = None) -> CheckResult:
-    """Run one check, timing it; an exception becomes ERROR, a blocked stage becomes SKIP."""
-    name = check.__name__
-    if blocked_by is not None:
-        return CheckResult(name, stage, Verdict.SKIP, None, None, "", f"blocked by {blocked_by}")
-    started = time.perf_counter()
-    try:
-        result = check(pipeline)
-    except Exception as err:  # the one place that catches: a crashing check must not stop the others
-        frame = traceback.extract_tb(err.__traceback__)[-1]
-        result = CheckResult(name, stage, Verdict.ERROR, None, None, "",
-                             f"the check crashed: {type(err).__name__}: {err} "
-                             f"(at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})")
-    result.duration_s = time.perf_counter() - started
-    return result
-
-
-def run_stages(pipeline: Any, checks_by_stage: dict[str, list[Callable[..., CheckResult]]],
-               gate: bool = True) -> list[CheckResult]:
-    """Run the stages in order. With `gate`, a stage with a FAIL/ERROR SKIPs every later stage."""
-    results: list[CheckResult] = []
-    blocked_by: str | None = None
-    for stage in STAGES:
-        stage_results = [run_check(check, pipeline, stage, blocked_by) for check in checks_by_stage.get(stage, [])]
-        results.extend(stage_results)
-        if gate and blocked_by is None and any(r.verdict.blocks for r in stage_results):
-            blocked_by = stage
-    return results

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from recipe.pipeline import Pipeline
+from recipe.train import step_scheduler, take_step, training_objects
 
 
 def generator(pipeline: Pipeline, offset: int = 0) -> torch.Generator:
@@ -48,7 +49,7 @@ def capture_model_input(pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor,
     and train_step do to the data is included.
     """
     model = fresh_model(pipeline)
-    optimizer = pipeline.make_optimizer(model.parameters())
+    optimizer, _ = training_objects(pipeline, model)
     batch = first_batches(pipeline, "train", 1, augment=pipeline.augment is not None)[0]
     seen: list[torch.Tensor] = []
 
@@ -58,7 +59,7 @@ def capture_model_input(pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor,
 
     handle = model.register_forward_pre_hook(hook)
     try:
-        pipeline.train_step(model, optimizer, pipeline.loss_fn, batch.x, batch.y)
+        take_step(pipeline, model, optimizer, batch.x, batch.y)
     finally:
         handle.remove()
     return seen[0], batch.y, model
@@ -72,13 +73,13 @@ def denormalise(pipeline: Pipeline, x: torch.Tensor) -> torch.Tensor:
 
 def short_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False, record=None,
                    offset: int = 0) -> tuple[nn.Module, list[float]]:
-    """Train a fresh model with the pipeline's own step and optimizer for `steps` steps.
+    """Train a fresh model with the pipeline's own step, optimizer and scheduler for `steps` steps.
 
     `zero_inputs` replaces every x by zeros (the input-independent baseline). `record(step, model)`
     is called before the first step and after each step (prediction dynamics). Returns the model and the loss per step.
     """
     model = fresh_model(pipeline, offset)
-    optimizer = pipeline.make_optimizer(model.parameters())
+    optimizer, scheduler = training_objects(pipeline, model)
     losses: list[float] = []
     if record is not None:
         record(0, model)
@@ -86,14 +87,50 @@ def short_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False,
     while len(losses) < steps:
         for batch in pipeline.batches("train", shuffle=True, augment=False, generator=generator(pipeline, epoch)):
             x = torch.zeros_like(batch.x) if zero_inputs else batch.x
-            loss = pipeline.train_step(model, optimizer, pipeline.loss_fn, x, batch.y)
+            loss = take_step(pipeline, model, optimizer, x, batch.y)
             losses.append(float(loss))
+            advance_schedule(pipeline, scheduler, len(losses))
             if record is not None:
                 record(len(losses), model)
             if len(losses) >= steps:
                 break
         epoch += 1
     return model, losses
+
+
+def planned_steps(pipeline: Pipeline) -> int:
+    """How many steps the configured run takes: epochs x batches per epoch."""
+    return pipeline.config.epochs * pipeline.steps_per_epoch
+
+
+def advance_schedule(pipeline: Pipeline, scheduler, steps_done: int) -> None:
+    """After step `steps_done` (1-based), step the scheduler as `fit` would at that point of the run.
+
+    Past the planned run the lr is held: a scheduler such as OneCycleLR refuses to step beyond its
+    total, and a check training longer than the run must not fail for that.
+    """
+    if scheduler is None or steps_done > planned_steps(pipeline):
+        return
+    step_scheduler(scheduler, "step", pipeline)
+    if steps_done % pipeline.steps_per_epoch == 0:
+        step_scheduler(scheduler, "epoch", pipeline)  # no val loss here: ReduceLROnPlateau is left as is
+
+
+def advance_warmup(pipeline: Pipeline, scheduler, optimizer, steps_done: int) -> bool:
+    """Like `advance_schedule`, but only while the lr does not fall: a warm-up is followed to the
+    run's working lr, and the decay after it is left out. Returns whether to keep following.
+
+    Why: memorising one batch asks whether model, loss and optimizer can fit at the lr the run
+    trains with; a schedule that decays over the run's thousands of steps says nothing about that,
+    and one that starts tiny (a warm-up) must still be given its climb.
+    """
+    before = [group["lr"] for group in optimizer.param_groups]
+    advance_schedule(pipeline, scheduler, steps_done)
+    if any(group["lr"] < lr for group, lr in zip(optimizer.param_groups, before)):
+        for group, lr in zip(optimizer.param_groups, before):
+            group["lr"] = lr
+        return False
+    return True
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from torch import nn
 from checks.result import CheckResult, Figure, Verdict, measured
 from checks.sampling import first_batches, fresh_model, short_training
 from recipe.pipeline import Pipeline
+from recipe.train import take_step, training_objects
 
 STAGE = "skeleton"
 
@@ -143,11 +144,11 @@ def gradient_flow(pipeline: Pipeline) -> CheckResult:
     and `zero_grad` is called: on the same batch, a second step's gradient is not the sum of two."""
     batch = first_batches(pipeline, "train", 1)[0]
     model = fresh_model(pipeline)
-    optimizer = pipeline.make_optimizer(model.parameters())
+    optimizer, _ = training_objects(pipeline, model)
     named = dict(model.named_parameters())
     frozen = [n for n, p in named.items() if not p.requires_grad]
     before = {n: p.detach().clone() for n, p in named.items()}
-    pipeline.train_step(model, optimizer, pipeline.loss_fn, batch.x, batch.y)
+    take_step(pipeline, model, optimizer, batch.x, batch.y)
     first_grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in named.items()}
     no_grad = [n for n, g in first_grads.items() if n not in frozen and g is None]
     zero_grad = [n for n, g in first_grads.items() if n not in frozen and g is not None and g.abs().max() == 0]
@@ -159,7 +160,7 @@ def gradient_flow(pipeline: Pipeline) -> CheckResult:
     probe.load_state_dict(model.state_dict())
     pipeline.loss_fn(probe(batch.x), batch.y).backward()
     expected = {n: p.grad for n, p in probe.named_parameters()}
-    pipeline.train_step(model, optimizer, pipeline.loss_fn, batch.x, batch.y)
+    take_step(pipeline, model, optimizer, batch.x, batch.y)
     accumulated = []
     for n, p in named.items():
         g1, g_true = first_grads.get(n), expected.get(n)

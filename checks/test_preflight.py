@@ -3,10 +3,10 @@ import pytest
 
 from checks.registry import CHECKS_BY_STAGE
 
-PARAMS = [pytest.param(check, stage, id=check.__name__, marks=getattr(pytest.mark, stage))
+PARAMS = [pytest.param(check.__name__, id=check.__name__, marks=getattr(pytest.mark, stage))
           for stage, checks in CHECKS_BY_STAGE.items() for check in checks]
 
 
-@pytest.mark.parametrize("check, stage", PARAMS)
-def test_check(preflight, check, stage):
-    preflight(check, stage)
+@pytest.mark.parametrize("name", PARAMS)
+def test_check(preflight, name):
+    preflight(name)

@@ -15,6 +15,7 @@ from pathlib import Path
 from recipe.errors import RecipeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+STARTED = time.perf_counter()  # module import time: total_s counts the command from its start
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,10 +82,14 @@ def config_from_args(args: argparse.Namespace):
 def load_pipeline(args: argparse.Namespace):
     """Data once, then the pipeline factory; shared by every command."""
     from recipe.data import load_data
-    from recipe.pipeline import make_pipeline, resolve_device
+    from recipe.pipeline import resolve_device
+    from recipe.user_code import make_pipeline
+
+    from recipe.runs import check_report_dir
 
     config = config_from_args(args)  # validate flags before the slow part
     device = resolve_device(args.device)
+    check_report_dir(Path(args.report_dir))
     started = time.perf_counter()
     data = load_data(args.data, args.data_dir, device, download=not args.no_download)
     say(args, f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test) - {data.reason}")
@@ -95,39 +100,35 @@ def load_pipeline(args: argparse.Namespace):
 
 def say(args: argparse.Namespace, line: str) -> None:
     if not args.quiet:
-        print(line, file=sys.stderr)
+        print(line, file=sys.stderr, flush=True)
 
 
-def preflight_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """The same settings as pytest options for checks/conftest.py."""
-    from recipe.config import TrainConfig
+class Progress:
+    """One line per check as it finishes ("[ 3/23] data/duplicates_and_leakage  PASS  0.05 s"); on a
+    terminal the running check's name shows until its verdict replaces it."""
 
-    options = ["--pipeline", args.pipeline, "--data", args.data, "--data-dir", args.data_dir,
-               "--device", args.device, "--report-dir", args.report_dir, "--run-dir", str(run_dir),
-               "--threads", str(args.threads)]
-    for f in fields(TrainConfig):
-        options += [f"--{f.name.replace('_', '-')}", str(getattr(args, f.name))]
-    options += ["--no-download"] * args.no_download + ["--no-gate"] * args.no_gate
-    return options
+    def __init__(self, quiet: bool, total: int):
+        self.quiet, self.total, self.done = quiet, total, 0
+        self.live = not quiet and sys.stderr.isatty()
 
+    def start(self, name: str, stage: str) -> None:
+        if self.live:
+            print(f"[{self.done + 1:>2}/{self.total}] {stage}/{name} ...", end="\r", file=sys.stderr, flush=True)
 
-def run_checks(args: argparse.Namespace, run_dir: Path, pipeline):
-    from checks.preflight import PYTEST_USAGE_ERROR, run_preflight
-
-    say(args, f"preflight: running the checks into {run_dir}")
-    outcome = run_preflight(preflight_options(args, run_dir), quiet=args.quiet, pipeline=pipeline,
-                            data_load_s=getattr(args, "data_load_s", 0.0))
-    if outcome.exit_code == PYTEST_USAGE_ERROR or outcome.pipeline is None:
-        _remove_if_empty(run_dir)
-        raise RecipeError("the preflight could not start (see the error above)")
-    return outcome
+    def finish(self, result) -> None:
+        self.done += 1
+        if not self.quiet:
+            line = f"[{self.done:>2}/{self.total}] {result.stage}/{result.name}"
+            print(f"{line:<48} {result.verdict.value:<5} {result.duration_s:6.2f} s", file=sys.stderr, flush=True)
 
 
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+def run_checks(args: argparse.Namespace, pipeline, parts: dict | None = None):
+    from checks.preflight import run_preflight
+    from checks.runner import expected_count
+
+    progress = Progress(args.quiet, expected_count())
+    return run_preflight(pipeline, args.pipeline, gate=not args.no_gate, on_start=progress.start,
+                         on_result=progress.finish, parts=parts)
 
 
 def _verdict_line(results) -> str:
@@ -147,68 +148,98 @@ def _print_failures(results) -> None:
             print(f"  {r.stage}/{r.name} {r.verdict.value}: {r.message}", file=sys.stderr)
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from recipe.runs import new_run_dir, point_latest
+def _timings(args: argparse.Namespace, **more: float) -> dict:
+    return {"data_load_s": getattr(args, "data_load_s", 0.0), **more,
+            "total_s": time.perf_counter() - args.started}
 
-    report_dir = Path(args.report_dir)
+
+def cmd_check(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args)  # a bad flag, path or pipeline stops here, in one line
-    run_dir = new_run_dir(report_dir)
-    outcome = run_checks(args, run_dir, pipeline)
-    point_latest(report_dir, run_dir)
-    _print_failures(outcome.results)
-    print(f"preflight {_verdict_line(outcome.results)}; report: {run_dir / 'index.html'}")
-    return EXIT_OK if outcome.passed else EXIT_FAILED
+    preflight = run_checks(args, pipeline)
+    index = write_checks_only(args, pipeline, preflight)
+    _print_failures(preflight.results)
+    print(f"preflight {_verdict_line(preflight.results)}; report: {index}")
+    return EXIT_OK if preflight.passed else EXIT_FAILED
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: the checks, then training if they pass, into one report."""
-    from recipe.runs import new_run_dir, point_latest
+    from recipe.runs import new_run_dir
 
-    report_dir = Path(args.report_dir)
     pipeline = load_pipeline(args)
-    run_dir = new_run_dir(report_dir)
-    outcome = run_checks(args, run_dir, pipeline)
-    point_latest(report_dir, run_dir)
-    _print_failures(outcome.results)
-    if not outcome.passed and not args.force:
-        print(f"preflight {_verdict_line(outcome.results)}: not training. Fix the failing checks "
-              f"(or pass --force); report: {run_dir / 'index.html'}", file=sys.stderr)
+    preflight = run_checks(args, pipeline)
+    _print_failures(preflight.results)
+    if not preflight.passed and not args.force:
+        index = write_checks_only(args, pipeline, preflight)
+        print(f"preflight {_verdict_line(preflight.results)}: not training. Fix the failing checks "
+              f"(or pass --force); report: {index}", file=sys.stderr)
         return EXIT_FAILED
-    timings = {"data_load_s": args.data_load_s, "checks_s": outcome.checks_s}
-    return train_and_report(args, pipeline, outcome.results, run_dir, timings, forced=not outcome.passed)
+    return train_and_report(args, pipeline, preflight, new_run_dir(Path(args.report_dir)),
+                            forced=not preflight.passed)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train on the word of the newest passing preflight with the same fingerprint (or run one first)."""
-    from checks.preflight import find_preflight, fingerprint, passed
-    from recipe.runs import latest_run_dir, new_run_dir, point_latest
+    """Train on the word of the newest complete, passing preflight of exactly this code, data, config
+    and device; run one first when there is none."""
+    from checks.gate import find_preflight, newest_for_pipeline, refusal
+    from checks.preflight import Preflight, identify
+    from recipe.identity import changed_parts, fingerprint
+    from recipe.runs import latest_run_dir, new_run_dir
 
     report_dir = Path(args.report_dir)
-    run_dir = (Path(args.out) if args.out else latest_run_dir(report_dir)) if args.resume else None
+    resume_dir = (Path(args.out) if args.out else latest_run_dir(report_dir)) if args.resume else None
     pipeline = load_pipeline(args)  # before making a run folder: a bad flag must not leave an empty one
-    if run_dir is None:
-        run_dir = Path(args.out) if args.out else new_run_dir(report_dir)
-    found = find_preflight(report_dir, fingerprint(args.pipeline, pipeline))
-    forced = False
-    if found is None:
-        say(args, "no preflight for this pipeline, data and config yet: running it first")
-        outcome = run_checks(args, run_dir, pipeline)
-        results, ok, where = outcome.results, outcome.passed, run_dir
+    parts = identify(args.pipeline, pipeline)
+    earlier = find_preflight(report_dir, fingerprint(parts))
+    reused_figures = None
+    if earlier is None:
+        previous = newest_for_pipeline(report_dir, args.pipeline)
+        changed = changed_parts(((previous.record.get("preflight") or {}).get("fingerprint_parts")
+                                 if previous else None), parts)
+        say(args, f"the {', '.join(changed)} changed since the preflight in {previous.run_dir}: running the checks again"
+            if changed else "no complete preflight for this code, data, config and device yet: running it first")
+        preflight = run_checks(args, pipeline, parts)
+        _print_failures(preflight.results)
     else:
-        where, record = found
-        results = [_result_from_json(row) for row in record["checks"]]
-        ok = passed(row["verdict"] for row in record["checks"])
-        say(args, f"preflight: using {where} ({record.get('overall')})")
-    if not ok:
-        if not args.force:
-            print(f"recipe: the preflight FAILED, so training will not start; see {where / 'index.html'} "
-                  "(fix the failing checks, or pass --force)", file=sys.stderr)
-            point_latest(report_dir, where)
+        say(args, f"preflight: using {earlier.run_dir} ({earlier.record.get('overall')}; same code, data, config "
+                  "and device)")
+        preflight = Preflight([_result_from_json(row) for row in earlier.record["checks"]], args.pipeline, parts,
+                              relied_on=earlier.summary())
+        reused_figures = _stored_figures(earlier.run_dir)
+    if not preflight.passed and not args.force:
+        if earlier is not None:
+            print(f"recipe: {refusal(earlier, f'recipe check --pipeline {args.pipeline}')}", file=sys.stderr)
             return EXIT_FAILED
-        forced = True
+        index = write_checks_only(args, pipeline, preflight)
+        print(f"recipe: the preflight FAILED, so training will not start: fix the failing checks above (or pass "
+              f"--force); report: {index}", file=sys.stderr)
+        return EXIT_FAILED
+    if not preflight.passed:
         print("recipe: --force: training despite failing checks; the report will say so", file=sys.stderr)
+    run_dir = resume_dir or (Path(args.out) if args.out else new_run_dir(report_dir))
+    return train_and_report(args, pipeline, preflight, run_dir, forced=not preflight.passed,
+                            reused_figures=reused_figures)
+
+
+def write_checks_only(args: argparse.Namespace, pipeline, preflight) -> Path:
+    """A run folder holding the preflight's report (no training), made `latest`."""
+    from checks.preflight import write_run_report
+    from recipe.runs import new_run_dir, point_latest
+
+    report_dir = Path(args.report_dir)
+    run_dir = new_run_dir(report_dir)
+    index = write_run_report(run_dir, preflight, pipeline, _timings(args, checks_s=preflight.checks_s))
     point_latest(report_dir, run_dir)
-    return train_and_report(args, pipeline, results, run_dir, {"data_load_s": args.data_load_s}, forced=forced)
+    return index
+
+
+def _stored_figures(run_dir: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "figures.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _result_from_json(row: dict):
@@ -218,19 +249,22 @@ def _result_from_json(row: dict):
     return CheckResult(verdict=Verdict(row["verdict"]), **{k: v for k, v in row.items() if k in known})
 
 
-def train_and_report(args: argparse.Namespace, pipeline, results, run_dir: Path, timings: dict,
-                     forced: bool) -> int:
+def train_and_report(args: argparse.Namespace, pipeline, preflight, run_dir: Path, forced: bool,
+                     reused_figures: dict | None = None) -> int:
     from checks.preflight import write_run_report
     from checks.report.training import training_summary
+    from recipe.evaluate import evaluate_trained
+    from recipe.runs import point_latest
     from recipe.train import fit
 
+    run_dir.mkdir(parents=True, exist_ok=True)
+    point_latest(Path(args.report_dir), run_dir)
     started = time.perf_counter()
     result = fit(pipeline, run_dir, resume=getattr(args, "resume", False), quiet=args.quiet)
     training_s = time.perf_counter() - started
-    timings = {**timings, "training_s": training_s,
-               "total_s": sum(timings.get(k, 0.0) for k in ("data_load_s", "checks_s")) + training_s}
-    summary = training_summary(pipeline, result)
-    index = write_run_report(run_dir, results, pipeline, args.pipeline, timings, summary, forced)
+    summary = training_summary(pipeline, result, evaluate_trained(pipeline, result))
+    timings = _timings(args, checks_s=preflight.checks_s, training_s=training_s)
+    index = write_run_report(run_dir, preflight, pipeline, timings, summary, forced, reused_figures)
     code = report_training(args, result, index)
     return EXIT_FAILED if forced and code == EXIT_OK else code  # trained, but the checks did fail
 
@@ -264,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        args.started = STARTED
         set_threads(getattr(args, "threads", 1))
         return COMMANDS[args.command](args)
     except RecipeError as err:

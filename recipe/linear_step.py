@@ -5,7 +5,7 @@ For logits = x W^T + b and the mean cross-entropy over B examples, the gradient 
 Writing it out skips the autograd graph, which for a model this small costs more than the maths
 (profiled on 2 CPU cores at batch 64: 200 -> 120 us a step, the optimizer step included).
 
-It is exactly `recipe.train.train_step` or it is not used: whenever the model, loss or inputs are
+It is exactly `recipe.steps.train_step` or it is not used: whenever the model, loss or inputs are
 anything but the plain case (a subclass, a hook, a frozen parameter, another loss, a dtype mismatch),
 it hands the call to `train_step`. So a planted bug in the model or loss still trains through autograd.
 tests/test_linear_step.py checks the gradients against autograd.
@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recipe.model import LinearClassifier
-from recipe.train import train_step
+from recipe.steps import train_step
 
 
 def closed_form_applies(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> bool:

@@ -1,18 +1,16 @@
-"""The Pipeline contract: everything the checks need, holding the user's *real* code.
+"""The Pipeline contract: the single source of truth for what trains, holding the user's *real* code.
 
-A pipeline factory is any callable `build(config: TrainConfig, data: DataBundle) -> Pipeline`.
-The CLI and `pytest checks/` load the data once and pass it in; a factory may use it (as
-`default_pipeline` does) or load its own. Point the tools at yours with
-`--pipeline mypkg.mymodule:build`.
+`fit` and every check call these same factories and this same step; nothing else decides how the
+model trains. A pipeline factory is any callable `build(config: TrainConfig, data: DataBundle) ->
+Pipeline`. The CLI and `pytest checks/` load the data once and pass it in; a factory may use it (as
+`default_pipeline` does) or load its own. Point the tools at yours with `--pipeline mymodule:build`.
 """
 from __future__ import annotations
 
-import importlib
-import sys
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from functools import partial
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -23,24 +21,31 @@ from recipe.data import BatchFn, DataBundle, NormStats, TensorBatches, norm_stat
 from recipe.errors import RecipeError
 from recipe.linear_step import linear_softmax_step
 from recipe.model import LinearClassifier, MLPClassifier
-from recipe.train import make_optimizer, train_step
+from recipe.optim import make_optimizer, make_scheduler
+from recipe.steps import StepFn, train_step
 
-StepFn = Callable[[nn.Module, torch.optim.Optimizer, Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_PIPELINE = "recipe.pipeline:default_pipeline"
+SCHEDULER_INTERVALS = ("step", "epoch")
+RUN_TIME_SETTINGS = ("seed",)  # read from `config` when a run starts, never baked into a factory
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What a classifier's training code is made of, as the checks see it.
+    """What a classifier's training code is made of, as `fit` runs it and the checks see it.
 
-    - `data`: raw uint8 splits and class names, the source every example is traced back to.
+    - `data`: raw splits and class names, the source every example is traced back to.
     - `norm`: the normalisation stats the batches use (x = (pixels/255 - mean) / std).
     - `batches(split, *, shuffle, augment, generator)`: yields Batch(x, y, idx), x exactly as the
       model receives it and idx the examples' positions in `data.<split>`.
-    - `augment`: the optional augmentation on float [0, 1] (B, 1, 28, 28) batches, or None.
+    - `augment`: the optional augmentation on float [0, 1] batches, or None.
     - `make_model()`: a fresh, untrained nn.Module on `device` mapping x to (B, C) logits.
-    - `loss_fn(logits, y)`, `make_optimizer(params)`, `train_step(model, opt, loss_fn, x, y)`.
-    - `config`: seed, batch size, epochs and the other settings.
+    - `loss_fn(logits, y)`, `make_optimizer(params)`, `train_step(model, opt, loss_fn, x, y) -> loss tensor`.
+    - `make_scheduler(optimizer)`: an optional LR scheduler; `scheduler_interval` says whether
+      `fit` steps it after every batch ("step") or after every epoch ("epoch").
+    - `config`: seed, epochs and the other settings.
+    - `derived_from`: the config the factories were built from (set by `build_pipeline`). A
+      pipeline whose `config` was replaced afterwards is rejected, so no setting can live in two
+      places that disagree: rebuild it from the new config instead.
     """
     name: str
     data: DataBundle
@@ -52,6 +57,31 @@ class Pipeline:
     train_step: StepFn
     config: TrainConfig
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    make_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None
+    scheduler_interval: str = "step"
+    derived_from: TrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, TrainConfig):
+            raise RecipeError(f"Pipeline.config must be a recipe.config.TrainConfig, got {type(self.config).__name__}")
+        if not isinstance(self.data, DataBundle):
+            raise RecipeError(f"Pipeline.data must be a recipe.data.DataBundle, got {type(self.data).__name__}")
+        for name in ("batches", "make_model", "loss_fn", "make_optimizer", "train_step"):
+            if not callable(getattr(self, name)):
+                raise RecipeError(f"Pipeline.{name} must be callable, got {type(getattr(self, name)).__name__}")
+        if self.make_scheduler is not None and not callable(self.make_scheduler):
+            raise RecipeError("Pipeline.make_scheduler must be None or a callable make_scheduler(optimizer)")
+        if self.scheduler_interval not in SCHEDULER_INTERVALS:
+            raise RecipeError(f"Pipeline.scheduler_interval must be 'step' or 'epoch', got {self.scheduler_interval!r}")
+        if self.derived_from is not None:
+            changed = [f.name for f in fields(TrainConfig) if f.name not in RUN_TIME_SETTINGS
+                       and getattr(self.config, f.name) != getattr(self.derived_from, f.name)]
+            if changed:
+                what = ", ".join(f"{k}={getattr(self.config, k)!r} (factories built with "
+                                 f"{getattr(self.derived_from, k)!r})" for k in changed)
+                raise RecipeError(f"pipeline {self.name!r}: its config was replaced after its factories were built "
+                                  f"({what}), so the checks and fit would disagree; build it again from the new "
+                                  "config (e.g. default_pipeline(new_config, data)) instead of replacing `config`")
 
     @property
     def device(self) -> torch.device:
@@ -61,23 +91,31 @@ class Pipeline:
     def num_classes(self) -> int:
         return self.data.num_classes
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.train) / self.config.batch_size)
+
 
 def build_pipeline(name: str, config: TrainConfig, data: DataBundle,
                    model_class: Callable[..., nn.Module], step: StepFn = train_step) -> Pipeline:
+    """A pipeline whose every factory is derived from `config`, once, here."""
     stats = norm_stats(data.train)  # train split only: val and test never inform preprocessing
     augment_factory = AUGMENTATIONS[config.augment]
     augment = augment_factory() if augment_factory else None
     device = data.train.labels.device
+    total_steps = config.epochs * math.ceil(len(data.train) / config.batch_size)
 
     def make_model() -> nn.Module:
         return model_class(num_classes=data.num_classes).to(device)
 
+    scheduler = None if config.schedule == "constant" else partial(make_scheduler, config, total_steps)
     return Pipeline(
         name=name, data=data, norm=stats,
         batches=TensorBatches(data, stats, config.batch_size, augment),
         make_model=make_model, loss_fn=nn.functional.cross_entropy,
         make_optimizer=partial(make_optimizer, config), train_step=step,
-        config=config, augment=augment)
+        config=config, augment=augment, make_scheduler=scheduler, scheduler_interval="step",
+        derived_from=config)
 
 
 def default_pipeline(config: TrainConfig, data: DataBundle) -> Pipeline:
@@ -92,48 +130,6 @@ def default_pipeline(config: TrainConfig, data: DataBundle) -> Pipeline:
 def mlp_pipeline(config: TrainConfig, data: DataBundle) -> Pipeline:
     """A second, non-linear pipeline: 784-128-10 MLP, same data and loop."""
     return build_pipeline("mlp", config, data, MLPClassifier)
-
-
-def load_factory(spec: str) -> Callable[[TrainConfig, DataBundle], Pipeline]:
-    """Import `module:attribute` (or `path/to/file.py:attribute`). This runs the user's code, by design."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise RecipeError(f"--pipeline {spec!r} must look like 'package.module:factory' or 'file.py:factory'")
-    try:
-        if module_name.endswith(".py"):
-            module = _import_file(Path(module_name))
-        else:
-            if "" not in sys.path and str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))  # like `python -m`, find the user's modules in cwd
-            module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise RecipeError(f"--pipeline {spec!r}: cannot import {module_name!r} ({err})") from None
-    factory = getattr(module, attribute, None)
-    if factory is None:
-        raise RecipeError(f"--pipeline {spec!r}: module {module_name!r} has no attribute {attribute!r}")
-    if not callable(factory):
-        raise RecipeError(f"--pipeline {spec!r}: {attribute!r} is not callable; it must be build(config, data)")
-    return factory
-
-
-def _import_file(path: Path):
-    import importlib.util
-
-    if not path.is_file():
-        raise ImportError(f"no file {path}")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def make_pipeline(spec: str, config: TrainConfig, data: DataBundle) -> Pipeline:
-    """Build the pipeline named by `spec`, checking that the factory kept the contract."""
-    factory = load_factory(spec)
-    pipeline = factory(config, data)
-    if not isinstance(pipeline, Pipeline):
-        raise RecipeError(f"--pipeline {spec!r} returned {type(pipeline).__name__}, expected recipe.pipeline.Pipeline")
-    return pipeline
 
 
 def resolve_device(name: str) -> torch.device:

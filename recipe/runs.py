@@ -31,6 +31,17 @@ def new_run_dir(report_dir: Path) -> Path:
     raise RecipeError(f"could not find a free run folder name in {report_dir}")
 
 
+def check_report_dir(report_dir: Path) -> None:
+    """Fail fast, before any slow work, when run folders cannot be made in `report_dir`."""
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RecipeError(f"cannot create a run folder in {report_dir}: {err.strerror}; "
+                          "pass a writable --report-dir") from None
+    if not os.access(report_dir, os.W_OK | os.X_OK):
+        raise RecipeError(f"cannot write to report dir {report_dir}: permission denied; pass a writable --report-dir")
+
+
 def point_latest(report_dir: Path, run_dir: Path) -> None:
     """Make `<report-dir>/latest` a symlink to `run_dir`, swapped in atomically."""
     link = report_dir / LATEST

@@ -1,61 +1,33 @@
-"""train_step, evaluate and fit: plain functions that return metrics instead of printing them."""
+"""fit, evaluate and the step contract: plain functions that return metrics instead of printing them.
+
+`fit` runs exactly what the Pipeline holds: its model factory, optimizer factory, optional
+scheduler (stepped per batch or per epoch, as the pipeline says), train step and epoch count. It
+never rewrites what the user built: the lr each step uses is the one the user's optimizer and
+scheduler give. The checks train through the same `training_objects` and `take_step`.
+"""
 from __future__ import annotations
 
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from recipe.config import TrainConfig
 from recipe.errors import RecipeError
 from recipe.files import atomic_write
-
-if TYPE_CHECKING:
-    from recipe.pipeline import Pipeline
+from recipe.pipeline import Pipeline
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.csv"
+OnStep = Callable[[int, torch.optim.Optimizer, torch.Tensor], None]
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
-               x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One SGD step on one batch; returns the batch loss (detached, still on the device)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def make_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """Adam or SGD, fused (one kernel for all parameters) where this PyTorch supports it.
-
-    Why fused: for a model this small the per-step cost is Python and per-tensor dispatch, and the
-    fused CPU kernel halves the optimizer step (profiled: ~85 -> ~35 us at batch 64).
-    """
-    params = list(params)
-    if config.optimizer == "adam":
-        make = partial(torch.optim.Adam, params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        make = partial(torch.optim.SGD, params, lr=config.lr, momentum=config.momentum,
-                       weight_decay=config.weight_decay)
-    try:
-        return make(fused=True)
-    except (RuntimeError, TypeError):  # no fused kernel for this device or dtype: the for-loop version
-        return make()
-
-
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """The lr at `step` of `total_steps`: constant, or cosine-annealed from config.lr to 0."""
-    if config.schedule == "constant":
-        return config.lr
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+class StepContractError(RecipeError):
+    """The pipeline's train step broke its contract (it must return the batch loss as a tensor)."""
 
 
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
@@ -68,19 +40,66 @@ def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def training_objects(pipeline: Pipeline, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """(optimizer, scheduler or None) from the pipeline's own factories: what fit and the checks use."""
+    optimizer = pipeline.make_optimizer(model.parameters())
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise StepContractError(f"make_optimizer returned {type(optimizer).__name__}, expected a torch.optim.Optimizer")
+    scheduler = pipeline.make_scheduler(optimizer) if pipeline.make_scheduler is not None else None
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise StepContractError(f"make_scheduler returned {type(scheduler).__name__}, which has no step() method")
+    return optimizer, scheduler
+
+
+def take_step(pipeline: Pipeline, model: nn.Module, optimizer: torch.optim.Optimizer,
+              x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One call of the pipeline's train step, held to its contract: it returns the scalar loss tensor."""
+    loss = pipeline.train_step(model, optimizer, pipeline.loss_fn, x, y)
+    if not isinstance(loss, torch.Tensor):
+        raise StepContractError(
+            f"the train step {_name(pipeline.train_step)} returned a {type(loss).__name__} ({loss!r:.40}), not the "
+            "loss tensor: return `loss.detach()` rather than `loss.item()` (a Python number also forces a device "
+            "sync every step)")
+    if loss.numel() != 1:
+        raise StepContractError(f"the train step {_name(pipeline.train_step)} returned a tensor of shape "
+                                f"{list(loss.shape)}; it must return the batch's scalar loss (reduce with mean)")
+    return loss
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(getattr(fn, "func", None), "__qualname__", repr(fn))
+
+
+def step_scheduler(scheduler, when: str, pipeline: Pipeline, val_loss: float | None = None) -> None:
+    """Step the scheduler if `when` ("step" after a batch, "epoch" after an epoch) is its interval."""
+    if scheduler is None or when != pipeline.scheduler_interval:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if val_loss is not None:
+            scheduler.step(val_loss)
+        return
+    scheduler.step()
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, pipeline: "Pipeline", split: str) -> dict[str, float]:
-    """Mean loss and accuracy over the *whole* split (never a sample)."""
+def evaluate(model: nn.Module, pipeline: Pipeline, split: str, max_batches: int | None = None) -> dict[str, float]:
+    """Mean loss and accuracy over the *whole* split (or its first `max_batches`, for a dry run)."""
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    for batch in pipeline.batches(split, shuffle=False, augment=False):
+    for i, batch in enumerate(pipeline.batches(split, shuffle=False, augment=False)):
+        if max_batches is not None and i >= max_batches:
+            break
         logits = model(batch.x)
-        total_loss += pipeline.loss_fn(logits, batch.y).item() * len(batch.y)
+        total_loss += float(pipeline.loss_fn(logits, batch.y)) * len(batch.y)
         correct += (logits.argmax(1) == batch.y).sum().item()
         count += len(batch.y)
     model.train(was_training)
-    return {"loss": total_loss / count, "accuracy": correct / count}
+    return {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}
 
 
 @dataclass
@@ -90,19 +109,22 @@ class FitResult:
     test: dict[str, float] | None = None                # reported once, at the end
     stopped: str | None = None                          # None when all epochs ran, else why it stopped
     checkpoint: Path | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
 
 
 def progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def fit(pipeline: "Pipeline", out_dir: str | Path | None = None, *, resume: bool = False,
-        quiet: bool = False) -> FitResult:
+def fit(pipeline: Pipeline, out_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
+        max_epochs: int | None = None, max_batches: int | None = None, on_step: OnStep | None = None) -> FitResult:
     """Train for `pipeline.config.epochs`, evaluating on val after every epoch and on test once.
 
     With `out_dir`, writes `metrics.csv` and an atomic `checkpoint.pt` after every epoch; `resume`
     continues from that checkpoint. A NaN/Inf loss or Ctrl-C stops the run and keeps the last good
-    checkpoint; `FitResult.stopped` says which.
+    checkpoint; `FitResult.stopped` says which. `max_epochs` and `max_batches` cut every phase short
+    (the preflight's dry run); `on_step(step, optimizer, loss)` sees each step before the scheduler.
     """
     from tqdm.auto import tqdm
 
@@ -110,59 +132,74 @@ def fit(pipeline: "Pipeline", out_dir: str | Path | None = None, *, resume: bool
     out_dir = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(config.seed)
     model = pipeline.make_model()
-    optimizer = pipeline.make_optimizer(model.parameters())
-    result = FitResult(model=model)
+    optimizer, scheduler = training_objects(pipeline, model)
+    result = FitResult(model=model, optimizer=optimizer, scheduler=scheduler)
     start_epoch = 0
     if resume:
-        start_epoch, result.history = load_checkpoint(out_dir, pipeline, model, optimizer)
+        start_epoch, result.history = load_checkpoint(out_dir, pipeline, model, optimizer, scheduler)
+    epochs_total = config.epochs if max_epochs is None else min(max_epochs, config.epochs)
     saved = start_epoch  # epochs in the checkpoint on disk: Ctrl-C can land between training and saving
     show = progress_enabled(quiet)
-    epochs = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not show,
-                  initial=start_epoch, total=config.epochs)
+    epochs = tqdm(range(start_epoch, epochs_total), desc="epochs", disable=not show,
+                  initial=start_epoch, total=epochs_total)
     try:
         for epoch in epochs:
-            row = _train_one_epoch(model, optimizer, pipeline, epoch, show)
+            row = _train_one_epoch(model, optimizer, scheduler, pipeline, epoch, show, max_batches, on_step)
             if not math.isfinite(row["train_loss"]):
                 result.stopped = (f"training loss became {row['train_loss']} in epoch {epoch + 1}; "
-                                  "kept the last good checkpoint. Lower --lr or check the loss function")
+                                  "kept the last good checkpoint. Lower the learning rate or check the loss function")
                 break
-            row.update({f"val_{k}": v for k, v in evaluate(model, pipeline, "val").items()})
+            row.update({f"val_{k}": v for k, v in evaluate(model, pipeline, "val", max_batches).items()})
+            step_scheduler(scheduler, "epoch", pipeline, row["val_loss"])
             result.history.append(row)
             epochs.set_postfix(val_acc=f"{row['val_accuracy']:.4f}")
+            if not show and not quiet and max_batches is None:
+                print(f"epoch {row['epoch']}/{epochs_total}: train loss {row['train_loss']:.4f}, val loss "
+                      f"{row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}, lr {row['lr']:.3g}, "
+                      f"{row['seconds']:.1f} s", file=sys.stderr, flush=True)
             if out_dir is not None:
-                result.checkpoint = save_checkpoint(out_dir, pipeline, model, optimizer, epoch + 1, result.history)
+                result.checkpoint = save_checkpoint(out_dir, pipeline, model, optimizer, scheduler, epoch + 1,
+                                                    result.history)
                 saved = epoch + 1
                 write_metrics(out_dir / METRICS_NAME, result.history)
     except KeyboardInterrupt:
         kept = f"the checkpoint after epoch {saved} is kept" if out_dir is not None and saved else "no checkpoint was saved"
         result.stopped = f"interrupted during epoch {len(result.history) + 1}; {kept}"
-    epochs.close()
+    finally:
+        epochs.close()
     if result.stopped is None:
-        result.test = evaluate(model, pipeline, "test")
+        result.test = evaluate(model, pipeline, "test", max_batches)
     return result
 
 
-def _train_one_epoch(model, optimizer, pipeline: "Pipeline", epoch: int, show: bool) -> dict:
+def _train_one_epoch(model, optimizer, scheduler, pipeline: Pipeline, epoch: int, show: bool,
+                     max_batches: int | None, on_step: OnStep | None) -> dict:
     from tqdm.auto import tqdm
 
     model.train()
     generator = seed_epoch(pipeline.config.seed, epoch)
     started = time.perf_counter()
-    n_batches = math.ceil(len(pipeline.data.train) / pipeline.config.batch_size)
+    n_batches = pipeline.steps_per_epoch if max_batches is None else min(max_batches, pipeline.steps_per_epoch)
     augment = pipeline.augment is not None
-    step, total_steps = epoch * n_batches, pipeline.config.epochs * n_batches
+    lr_at_start = current_lr(optimizer)
     losses, sizes = [], []  # kept on the device and summed once per epoch: no host sync, no op per step
-    for batch in tqdm(pipeline.batches("train", shuffle=True, augment=augment, generator=generator),
-                      total=n_batches, desc=f"epoch {epoch + 1}", leave=False, disable=not show):
-        lr = learning_rate(pipeline.config, step, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step += 1
-        losses.append(pipeline.train_step(model, optimizer, pipeline.loss_fn, batch.x, batch.y))
+    batches = pipeline.batches("train", shuffle=True, augment=augment, generator=generator)
+    for i, batch in enumerate(tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}", leave=False,
+                                   disable=not show)):
+        if i >= n_batches:
+            break
+        loss = take_step(pipeline, model, optimizer, batch.x, batch.y)
+        if on_step is not None:
+            on_step(epoch * pipeline.steps_per_epoch + i, optimizer, loss)
+        step_scheduler(scheduler, "step", pipeline)
+        losses.append(loss.detach())
         sizes.append(len(batch.y))
+    if not losses:
+        raise RecipeError(f"the train split yielded no batches in epoch {epoch + 1}; is it empty?")
     weights = torch.tensor(sizes, dtype=torch.float32, device=losses[0].device)
-    train_loss = (torch.stack(losses).float() @ weights / sum(sizes)).item()
-    return {"epoch": epoch + 1, "train_loss": train_loss, "seconds": time.perf_counter() - started}
+    train_loss = (torch.stack(losses).float().reshape(-1) @ weights / sum(sizes)).item()
+    return {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr_at_start,
+            "seconds": time.perf_counter() - started}
 
 
 def write_metrics(path: Path, history: list[dict]) -> Path:
@@ -172,16 +209,23 @@ def write_metrics(path: Path, history: list[dict]) -> Path:
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
 
 
-def save_checkpoint(out_dir: Path, pipeline: "Pipeline", model, optimizer, epochs_done: int,
+def save_checkpoint(out_dir: Path, pipeline: Pipeline, model, optimizer, scheduler, epochs_done: int,
                     history: list[dict]) -> Path:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epochs_done": epochs_done,
+             "scheduler": _scheduler_state(scheduler),
              "config": pipeline.config.as_dict(), "pipeline": pipeline.name, "data": pipeline.data.source,
              "history": history}
     return atomic_write(out_dir / CHECKPOINT_NAME, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(out_dir: Path | None, pipeline: "Pipeline", model, optimizer) -> tuple[int, list[dict]]:
-    """Restore model and optimizer; returns (epochs already done, their history)."""
+def _scheduler_state(scheduler) -> dict | None:
+    if scheduler is None or not callable(getattr(scheduler, "state_dict", None)):
+        return None
+    return scheduler.state_dict()  # LambdaLR keeps its lambdas out of it: the factory rebuilds them
+
+
+def load_checkpoint(out_dir: Path | None, pipeline: Pipeline, model, optimizer, scheduler=None) -> tuple[int, list[dict]]:
+    """Restore model, optimizer and scheduler; returns (epochs already done, their history)."""
     path = (out_dir or Path(".")) / CHECKPOINT_NAME
     if not path.is_file():
         raise RecipeError(f"--resume: no checkpoint at {path}; run without --resume first")
@@ -201,6 +245,8 @@ def load_checkpoint(out_dir: Path | None, pipeline: "Pipeline", model, optimizer
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise RecipeError(f"--resume: {path} does not fit this model ({str(err).splitlines()[0]})") from None
     return int(state["epochs_done"]), list(state["history"])

@@ -9,7 +9,8 @@ from torch import nn
 
 from checks import data_checks, skeleton_checks
 from checks.label_checks import label_agreement, label_noise
-from checks.result import Verdict, run_check, run_stages
+from checks.result import Verdict
+from checks.runner import iter_results, run_check
 from recipe.config import TrainConfig
 from recipe.data import Split
 from recipe.pipeline import default_pipeline
@@ -35,10 +36,10 @@ def test_a_failing_stage_skips_the_later_stages_unless_ungated(clean):
         return data_checks.CheckResult("fails", "data", Verdict.FAIL, 1.0, 0.0, "==", "planted")
 
     stages = {"data": [fails, data_checks.integrity], "skeleton": [skeleton_checks.output_sanity]}
-    gated = run_stages(clean, stages)
+    gated = list(iter_results(clean, checks_by_stage=stages))
     assert [r.verdict for r in gated] == [Verdict.FAIL, Verdict.PASS, Verdict.SKIP]
     assert gated[-1].message == "blocked by data"
-    assert run_stages(clean, stages, gate=False)[-1].verdict is Verdict.PASS
+    assert list(iter_results(clean, checks_by_stage=stages, gate=False))[-1].verdict is Verdict.PASS
 
 
 def test_nan_pixels_are_a_data_fail_not_a_crash(clean):

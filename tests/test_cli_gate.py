@@ -69,7 +69,7 @@ def test_train_reuses_a_passing_preflight_with_the_same_fingerprint(workdir: Pat
     assert [c["name"] for c in trained["checks"]] == [c["name"] for c in checked["checks"]]
 
     assert main(["train", "--data", "sample", "--no-download", "--epochs", "1", "--lr", "0.01"]) == 0
-    assert "running it first" in capsys.readouterr().err  # another config, another preflight
+    assert "the config changed since the preflight" in capsys.readouterr().err  # another config, another preflight
 
 
 def test_report_rerenders_without_rerunning(workdir: Path, capsys):

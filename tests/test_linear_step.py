@@ -12,7 +12,8 @@ from recipe.config import TrainConfig
 from recipe.linear_step import closed_form_applies, linear_softmax_step
 from recipe.model import LinearClassifier
 from recipe.pipeline import default_pipeline, mlp_pipeline
-from recipe.train import make_optimizer, train_step
+from recipe.optim import make_optimizer
+from recipe.steps import train_step
 
 
 def _batches(n_steps: int, batch: int, seed: int = 0):

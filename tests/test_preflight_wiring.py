@@ -96,7 +96,7 @@ def test_user_pipeline_module_is_loaded(pytester: pytest.Pytester):
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("no_such_module:build", "cannot import 'no_such_module'"),
+    ("no_such_module:build", "no module named 'no_such_module'"),
     ("bad_pipeline:nothing", "has no attribute 'nothing'"),
     ("bad_pipeline:build", "returned dict, expected recipe.pipeline.Pipeline"),
     ("no-colon", "must look like 'package.module:factory'"),

@@ -4,11 +4,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from checks.registry import CHECKS_BY_STAGE
-from checks.result import Verdict, run_stages
+from checks import run_all
+from checks.result import Verdict
 from recipe.config import TrainConfig
 from recipe.data import load_data
-from recipe.pipeline import make_pipeline
+from recipe.user_code import make_pipeline
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -23,7 +23,7 @@ def test_readme_cnn_pipeline_passes_every_check(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     pipeline = make_pipeline("my_cnn:build", TrainConfig(), load_data("sample", download=False))
-    results = run_stages(pipeline, CHECKS_BY_STAGE, gate=False)
+    results = run_all(pipeline, gate=False)
     failed = {r.name: r.message for r in results if r.verdict in (Verdict.FAIL, Verdict.ERROR)}
     assert pipeline.name == "small-cnn"
     assert failed == {}

@@ -16,7 +16,7 @@ import torch
 from checks.report import render, sections
 from checks.report.figures import render_png
 from checks.report.render import build_record, environment_info, figures_of, rerender, write_report
-from checks.report.robustness import shift_image
+from recipe.evaluate import evaluate_trained, shift_image
 from checks.report.training import training_summary, wilson_interval
 from checks.result import CheckResult, Figure, Verdict
 from recipe.config import TrainConfig
@@ -25,11 +25,15 @@ from recipe.pipeline import default_pipeline, mlp_pipeline
 from recipe.train import FitResult, fit
 
 EVIL = '<script>alert("x")</script> \'quoted\' & $x$'
-SCHEMA_KEYS = {"schema_version", "overall", "created_utc", "command", "forced", "fingerprint", "pipeline", "data",
+SCHEMA_KEYS = {"schema_version", "overall", "created_utc", "command", "forced", "fingerprint", "preflight", "pipeline", "data",
                "config", "environment", "timings", "checks", "training"}
 CHECK_KEYS = {"name", "stage", "verdict", "value", "threshold", "comparison", "message", "details", "duration_s"}
 TRAINING_KEYS = {"epochs", "val_accuracy", "val_ci95", "test_accuracy", "test_ci95", "stopped", "per_class", "anchors",
                  "shift_robustness"}
+
+
+def _summarise(pipeline, result):
+    return training_summary(pipeline, result, evaluate_trained(pipeline, result))
 
 
 def one_of_each_kind(rng: np.random.Generator) -> list[Figure]:
@@ -75,7 +79,7 @@ def record_for(pipeline, results, training=None, forced=False):
 def trained(sample_data):
     pipeline = default_pipeline(TrainConfig(epochs=1), sample_data)
     result = fit(pipeline, quiet=True)
-    return pipeline, result, training_summary(pipeline, result)
+    return pipeline, result, _summarise(pipeline, result)
 
 
 # ---------------------------------------------------------------- figures
@@ -159,7 +163,7 @@ def test_confident_mistakes_are_wrong_and_sorted_by_confidence(trained):
 
 def test_an_mlp_has_no_class_templates_and_the_page_says_why(sample_data, tmp_path):
     pipeline = mlp_pipeline(TrainConfig(epochs=1), sample_data)
-    summary, figures = training_summary(pipeline, fit(pipeline, quiet=True))
+    summary, figures = _summarise(pipeline, fit(pipeline, quiet=True))
     assert sections.TEMPLATES not in [f.title for f in figures]
     html = write_report(tmp_path, record_for(pipeline, [], summary), {sections.TRAINING: figures}).read_text()
     assert "no Linear layer mapping the 784 pixels" in html
@@ -168,7 +172,7 @@ def test_an_mlp_has_no_class_templates_and_the_page_says_why(sample_data, tmp_pa
 def test_a_stopped_run_reports_no_test_numbers(trained):
     pipeline, result, _ = trained
     stopped = FitResult(model=result.model, history=result.history, test=None, stopped="training loss became nan")
-    summary, figures = training_summary(pipeline, stopped)
+    summary, figures = _summarise(pipeline, stopped)
     assert summary["test_accuracy"] is None and summary["per_class"] == [] and summary["shift_robustness"] == []
     assert sections.CONFUSION not in [f.title for f in figures]
 
@@ -211,7 +215,7 @@ def test_results_json_round_trips_and_has_the_schema_keys(trained, tmp_path):
 def test_user_strings_are_escaped_everywhere(sample_data, tmp_path):
     evil_data = dataclasses.replace(sample_data, class_names=tuple(f"{EVIL}{i}" for i in range(10)))
     pipeline = dataclasses.replace(default_pipeline(TrainConfig(epochs=1), evil_data), name=EVIL)
-    summary, training_figures = training_summary(pipeline, fit(pipeline, quiet=True))
+    summary, training_figures = _summarise(pipeline, fit(pipeline, quiet=True))
     results = [CheckResult(EVIL, "data", Verdict.FAIL, 1.0, 0.0, "<=", EVIL, details={EVIL: [{EVIL: EVIL}]},
                            figures=[Figure("bars", EVIL, {"categories": [EVIL], "series": {EVIL: [1.0]}})])]
     write_report(tmp_path, record_for(pipeline, results, summary), figures_of(results, training_figures))

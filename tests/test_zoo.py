@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from checks.result import Verdict, run_check, run_stages
+from checks import run_all
+from checks.result import Verdict
+from checks.runner import run_check
 from checks.registry import CHECKS, CHECKS_BY_STAGE
-from checks.zoo import CLEAN, ZOO, clean_pipelines, detection_rate, run_zoo
+from tests.zoo.catalogue import CLEAN, ZOO, clean_pipelines, detection_rate, run_zoo
 from recipe.config import TrainConfig
 from recipe.data import load_data
 from recipe.errors import DataError
@@ -70,7 +72,7 @@ def test_uncaught_bug_is_really_planted(bug, clean):
 def assert_clean_pipeline_fails_nothing(data, kind: str, seed: int) -> None:
     pipeline = clean_pipelines(TrainConfig(seed=seed), data)[f"{CLEAN}:{kind}"]
     torch.manual_seed(seed)
-    results = run_stages(pipeline, CHECKS_BY_STAGE, gate=False)
+    results = run_all(pipeline, gate=False)
     assert not any(r.verdict.blocks for r in results), _failures(results)
 
 
@@ -97,13 +99,13 @@ def test_detection_matrix_catches_every_declared_bug(sample):
 
 def _row(name, bug, verdicts):
     from checks.result import CheckResult
-    from checks.zoo import ZooRow
+    from tests.zoo.catalogue import ZooRow
     return ZooRow(name, bug, {check: CheckResult(check, "skeleton", Verdict(v), None, None, "", f"{check} says {v}")
                               for check, v in verdicts.items()})
 
 
 def test_matrix_reports_rate_misses_false_alarms_and_uncaught_bugs():
-    from checks.zoo import Bug, render_markdown, render_text
+    from tests.zoo.catalogue import Bug, render_markdown, render_text
 
     caught = Bug("caught_bug", "planted A.", lambda p: p, ("a",), ("says",), "a sees it")
     missed = Bug("missed_bug", "planted B.", lambda p: p, ("b",), ("says",), "b should see it")

@@ -99,7 +99,8 @@ def data_info(data: Any) -> dict[str, Any]:
 def build_record(results: Iterable[CheckResult], *, pipeline_name: str, pipeline_spec: str, data: Any,
                  config: Any, environment: Mapping[str, Any], timings: Mapping[str, Any],
                  training: Mapping[str, Any] | None = None, forced: bool = False, fingerprint: str = "",
-                 command: str | None = None, created_utc: str | None = None) -> dict[str, Any]:
+                 command: str | None = None, created_utc: str | None = None,
+                 preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the results.json record (schema_version 1).
 
     `data` is a recipe.data.DataBundle (or an already built "data" dict, or None when loading
@@ -125,6 +126,7 @@ def build_record(results: Iterable[CheckResult], *, pipeline_name: str, pipeline
         "timings": {"data_load_s": None, "checks_s": None, "training_s": None, "total_s": None, **timings},
         "checks": [r.to_json() for r in results],
         "training": dict(training) if training is not None else None,
+        "preflight": dict(preflight) if preflight is not None else None,
     }
 
 
@@ -138,7 +140,8 @@ def figures_of(results: Iterable[CheckResult], training_figures: list[Figure] | 
 
 # ---------------------------------------------------------------- writing and re-rendering
 
-def write_report(run_dir: Path, record: dict, figures: dict[str, list[Figure]]) -> Path:
+def write_report(run_dir: Path, record: dict, figures: dict[str, list[Figure]],
+                 stored: Mapping[str, list[dict]] | None = None) -> Path:
     """Write figures.json, results.json and index.html into `run_dir`, each atomically; return index.html.
 
     A figure whose data cannot be drawn is stored with an "error" instead of a PNG, and the page
@@ -147,7 +150,8 @@ def write_report(run_dir: Path, record: dict, figures: dict[str, list[Figure]]) 
     from checks.report.figures import render_png  # matplotlib only where something is drawn
 
     run_dir = Path(run_dir)
-    stored_figures: dict[str, list[dict]] = {}
+    stored_figures: dict[str, list[dict]] = {k: list(v) for k, v in (stored or {}).items()
+                                             if k != sections.TRAINING}  # already drawn: kept as they are
     for name, group in figures.items():
         stored_figures[str(name)] = entries = []
         for figure in group:
@@ -227,7 +231,8 @@ def render_html(record: dict, figures: Mapping[str, list[dict]], notice: str | N
     view = {
         "record": record,
         "headline": headline(record),
-        "checks": [dict(c, anchor=f"check-{i + 1}", shown_value=shown_value(c)) for i, c in enumerate(checks)],
+        "checks": [dict(c, anchor=c.get("name") or f"check-{i + 1}", shown_value=shown_value(c))
+                   for i, c in enumerate(checks)],
         "counts": _counts(checks),
         "figures": figures,
         "training_figures": figures.get(sections.TRAINING, []),

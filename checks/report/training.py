@@ -1,8 +1,8 @@
-"""What the report says about a finished training run, computed once, right after `fit`.
+"""What the report says about a finished training run, from `fit`'s result and its evaluation.
 
-`training_summary(pipeline, fit_result)` makes one pass over the test split with the trained model
-and returns plain numbers (stored in results.json under "training") plus the figures. The report
-never re-runs anything: `recipe report` redraws the page from those stored numbers and PNGs.
+`training_summary(pipeline, fit_result, evaluation)` turns the numbers `recipe.evaluate` measured
+into plain numbers (stored in results.json under "training") plus the figures. It never runs the
+model: `recipe report` redraws the page from those stored numbers and PNGs.
 
 When the run stopped early (NaN loss, Ctrl-C) `fit` did not evaluate on test, and neither does
 this: test accuracy, the confusion matrix and the mistakes are left out rather than measured on a
@@ -14,18 +14,16 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
-from checks.report.robustness import shift_robustness
 from checks.report.sections import ACCURACY_CURVE, ANCHORS, CONFUSION, LOSS_CURVES, MISTAKES, SHIFTS, TEMPLATES
 from checks.result import Figure
 
 if TYPE_CHECKING:
+    from recipe.evaluate import Evaluation
     from recipe.pipeline import Pipeline
     from recipe.train import FitResult
 
 Z95 = 1.959964  # two-sided 95% normal quantile
-IMAGE_PIXELS = 28 * 28
 N_MISTAKES = 12
 
 # Published test accuracies to put this run in context, by data source.
@@ -53,7 +51,8 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return (low, high)
 
 
-def training_summary(pipeline: "Pipeline", fit_result: "FitResult") -> tuple[dict[str, Any], list[Figure]]:
+def training_summary(pipeline: "Pipeline", fit_result: "FitResult",
+                     evaluation: "Evaluation") -> tuple[dict[str, Any], list[Figure]]:
     """The "training" block of results.json and the figures of the report's training section."""
     names = list(pipeline.data.class_names)
     history = [dict(row) for row in fit_result.history]
@@ -67,11 +66,12 @@ def training_summary(pipeline: "Pipeline", fit_result: "FitResult") -> tuple[dic
         summary["val_accuracy"] = val_accuracy
         summary["val_ci95"] = list(wilson_interval(round(val_accuracy * n_val), n_val))
     test_figures: dict[str, Figure] = {}
-    if fit_result.test is not None:
-        y, probs = _test_predictions(fit_result.model, pipeline)
-        test_figures = _test_section(summary, pipeline, y, probs, names)
-        summary["shift_robustness"], test_figures[SHIFTS] = shift_robustness(fit_result.model, pipeline)
-    templates = weight_templates(fit_result.model, names)
+    if evaluation.probs is not None:
+        test_figures = _test_section(summary, pipeline, evaluation.y, evaluation.probs, names)
+        summary["shift_robustness"] = evaluation.shifts
+        test_figures[SHIFTS] = _shift_figure(evaluation, pipeline.num_classes)
+    templates = None if evaluation.templates is None else Figure(
+        "images", TEMPLATES, {"images": evaluation.templates.numpy(), "captions": names, "cmap": "signed"})
     figures = _curves(history, len(names)) + [
         f for f in (test_figures.get(CONFUSION), templates, test_figures.get(MISTAKES), test_figures.get(SHIFTS),
                     test_figures.get(ANCHORS))
@@ -92,21 +92,6 @@ def _curves(history: list[dict], num_classes: int) -> list[Figure]:
         "series": {"val accuracy": [row["val_accuracy"] for row in history]},
         "x": epochs, "xlabel": "epoch", "ylabel": "accuracy"})
     return [loss, accuracy]
-
-
-@torch.no_grad()
-def _test_predictions(model: nn.Module, pipeline: "Pipeline") -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, probs) for the whole test split in its stored order, on the CPU."""
-    was_training = model.training
-    model.eval()
-    ys, probs, order = [], [], []
-    for batch in pipeline.batches("test", shuffle=False, augment=False):
-        probs.append(torch.softmax(model(batch.x).float(), dim=1).cpu())  # (B, C)
-        ys.append(batch.y.cpu())
-        order.append(batch.idx.cpu())
-    model.train(was_training)
-    position = torch.cat(order).argsort()  # put rows back in split order, whatever the batch order
-    return torch.cat(ys)[position], torch.cat(probs)[position]
 
 
 def _test_section(summary: dict, pipeline: "Pipeline", y: torch.Tensor, probs: torch.Tensor,
@@ -184,14 +169,13 @@ def _confident_mistakes(pipeline: "Pipeline", y: torch.Tensor, probs: torch.Tens
     return rows, Figure("images", MISTAKES, {"images": images.numpy(), "captions": captions, "cmap": "gray"})
 
 
-def weight_templates(model: nn.Module, names: list[str]) -> Figure | None:
-    """The first Linear layer reading the 784 pixels, drawn as one 28x28 image per class.
-
-    Only when that layer maps straight to the classes (the linear classifier): an MLP's first layer
-    holds hidden units, not class templates, so it is skipped.
-    """
-    layer = next((m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == IMAGE_PIXELS), None)
-    if layer is None or layer.out_features != len(names):
+def _shift_figure(evaluation: "Evaluation", num_classes: int) -> Figure | None:
+    if not evaluation.shifts:
         return None
-    weights = layer.weight.detach().float().cpu().reshape(-1, 28, 28)  # (C, 28, 28)
-    return Figure("images", TEMPLATES, {"images": weights.numpy(), "captions": list(names), "cmap": "signed"})
+    rows = evaluation.shifts
+    return Figure("lines", SHIFTS, {
+        "series": {"moved right (+) / left (-)": [r["horizontal"] for r in rows],
+                   "moved down (+) / up (-)": [r["vertical"] for r in rows]},
+        "x": [r["shift_px"] for r in rows], "xlabel": "shift in pixels",
+        "ylabel": f"test accuracy ({evaluation.shift_count} images)",
+        "hline": 1.0 / num_classes, "hline_label": "chance"})

@@ -10,7 +10,7 @@ The catalogue follows Karpathy's "A Recipe for Training Neural Networks" and his
 neural net mistakes", the Full Stack Deep Learning troubleshooting guide, and the DeepCrime
 mutation operators (Humbatova et al. 2021).
 
-    python -m checks.zoo [--data sample|fashion-mnist] [--seed N] [--markdown]
+    python -m tests.zoo [--data sample|fashion-mnist] [--seed N] [--markdown]
 
 runs every entry, plus the clean linear and MLP pipelines, through all checks and prints the
 detection matrix (bug x check), the detection rate and the bugs nobody caught.
@@ -22,16 +22,16 @@ from typing import Callable
 
 import torch
 
-from checks.registry import CHECKS_BY_STAGE
-from checks.result import CheckResult, Verdict, run_stages
-from checks.zoo_bugs import (
+from checks import run_all
+from checks.result import CheckResult, Verdict
+from tests.zoo.bugs import (
     MISSING_CLASS, BatchMixingLinear, DetachedLinear, LogSoftmaxLinear, class_missing_from_train,
     eval_images_mirrored, frozen_weights, horizontal_flip, init_100x, inputs_normalised_twice,
     inputs_not_normalised, label_in_pixel, labels_off_by_one, labels_permuted_in_dataset,
     labels_shuffled_apart, leaked_test_images, loss_clamped, loss_summed, lr_100x_too_high, lr_far_too_low,
     mse_on_class_indices, negated_loss, never_shuffled, noisy_labels_everywhere, noisy_train_labels,
     norm_stats_from_test, rotation_180, same_batch_every_time, softmax_before_loss, sorted_by_class,
-    step_before_backward, step_without_zero_grad, systematic_mislabel_everywhere, train_label_map_differs,
+    step_before_backward, step_returns_float, step_sets_lr, step_without_zero_grad, systematic_mislabel_everywhere, train_label_map_differs,
     unseeded_shuffle, val_from_sorted_tail, val_labels_shifted, weight_decay_far_too_high, with_linear_model)
 from recipe.config import TrainConfig
 from recipe.data import DataBundle, load_data
@@ -171,6 +171,13 @@ ZOO: tuple[Bug, ...] = (
     Bug("unseeded_shuffle", unseeded_shuffle.__doc__, unseeded_shuffle,
         ("determinism",), ("not seeded", "unseeded"),
         "two runs with the same seed draw different batches, so their losses differ from the first step"),
+    Bug("step_returns_float", step_returns_float.__doc__, lambda p: replace(p, train_step=step_returns_float),
+        ("fit_dry_run",), ("loss.item()",),
+        "the dry run of fit gets a Python float back from the step, where the loop needs the loss tensor"),
+    Bug("step_sets_lr", step_sets_lr.__doc__, lambda p: replace(p, train_step=step_sets_lr),
+        ("fit_dry_run",), ("rewrites the learning rate",),
+        "the lr the optimizer holds during the dry run's steps is 0.05, not the 0.001 the pipeline's optimizer "
+        "and cosine schedule give"),
     Bug("no_zero_grad", step_without_zero_grad.__doc__, lambda p: replace(p, train_step=step_without_zero_grad),
         ("gradient_flow",), ("zero_grad",),
         "the second step's gradient on the same batch is the sum of two steps' gradients"),
@@ -213,7 +220,7 @@ def run_zoo(data: DataBundle, seed: int = 0, bugs: tuple[Bug, ...] = ZOO) -> lis
     rows = []
     for name, bug, pipeline in [(name, None, p) for name, p in cleans.items()] + planted:
         torch.manual_seed(seed)
-        results = run_stages(pipeline, CHECKS_BY_STAGE, gate=False)
+        results = run_all(pipeline, gate=False)
         rows.append(ZooRow(name, bug, {r.name: r for r in results}))
     return rows
 
@@ -275,12 +282,15 @@ def _findings(rows: list[ZooRow]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m checks.zoo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.zoo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="sample", choices=("sample", "fashion-mnist", "mnist"))
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", action="store_true", help="print a markdown table (for the README)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the models are "
+                        "tiny, and on 2 cores extra threads made the zoo 15x slower)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     data = load_data(args.data, args.data_dir, download=False)  # once, shared by every pipeline
     rows = run_zoo(data, args.seed)
     print((render_markdown if args.markdown else render_text)(rows))

@@ -1,7 +1,7 @@
 """The bug zoo's bugs: each function takes the clean pipeline and returns it with ONE bug planted.
 
 Bugs are planted through the public Pipeline contract (`dataclasses.replace`), the way they would
-sit in a user's code. `checks/zoo.py` lists them with the checks that must catch each one.
+sit in a user's code. `tests/zoo/catalogue.py` lists them with the checks that must catch each one.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from recipe.augment import per_image
 from recipe.data import Batch, DataBundle, Split, TensorBatches, norm_stats, normalize
 from recipe.model import LinearClassifier
 from recipe.pipeline import Pipeline
-from recipe.train import make_optimizer
+from recipe.optim import make_optimizer
 
 MISSING_CLASS = 9        # the class the "class missing from train" bug filters out
 NOISY_FRACTION = 0.2     # share of train labels the "noisy labels" bug overwrites at random
@@ -72,8 +72,12 @@ def _with_augment(pipeline: Pipeline, augment: Callable[[torch.Tensor], torch.Te
 
 def _with_lr(pipeline: Pipeline, lr: float) -> Pipeline:
     """The user's config says `lr`: the optimizer and the schedule in `fit` both read it."""
-    config = replace(pipeline.config, lr=lr)
-    return replace(pipeline, config=config, make_optimizer=partial(make_optimizer, config))
+    return _with_config(pipeline, replace(pipeline.config, lr=lr))
+
+
+def _with_config(pipeline: Pipeline, config) -> Pipeline:
+    """The user's config changed and the optimizer factory rebuilt from it (the schedule keeps its shape)."""
+    return replace(pipeline, config=config, derived_from=config, make_optimizer=partial(make_optimizer, config))
 
 
 def _with_model(pipeline: Pipeline, build: Callable[[nn.Module], nn.Module]) -> Pipeline:
@@ -332,8 +336,7 @@ def lr_far_too_low(pipeline: Pipeline) -> Pipeline:
 
 def weight_decay_far_too_high(pipeline: Pipeline) -> Pipeline:
     """weight_decay=1.0 where 1e-4 was meant: the L2 pull swamps the data term."""
-    config = replace(pipeline.config, weight_decay=1.0)
-    return replace(pipeline, config=config, make_optimizer=partial(make_optimizer, config))
+    return _with_config(pipeline, replace(pipeline.config, weight_decay=1.0))
 
 
 def loss_summed(pipeline: Pipeline) -> Pipeline:
@@ -364,5 +367,29 @@ def step_without_zero_grad(model: nn.Module, optimizer: torch.optim.Optimizer, l
     """recipe.train.train_step with the optimizer.zero_grad() line forgotten."""
     loss = loss_fn(model(x), y)
     loss.backward()  # adds onto the previous steps' gradients
+    optimizer.step()
+    return loss.detach()
+
+
+def step_returns_float(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+                       x: torch.Tensor, y: torch.Tensor) -> float:
+    """recipe.steps.train_step ending in `return loss.item()`: every check still trains, but the loop that
+    sums the losses on the device breaks."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_sets_lr(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+                 x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A step that writes its own learning rate into every param group (a hard-coded warm-up left in),
+    so the optimizer and schedule the pipeline built are not what trains."""
+    for group in optimizer.param_groups:
+        group["lr"] = 0.05
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
     optimizer.step()
     return loss.detach()

@@ -1,0 +1,136 @@
+"""Stage `skeleton`, the training loop itself: run the real `fit` for a few steps, as training will.
+
+Lightning's `fast_dev_run` in spirit: every phase of `recipe.train.fit` (train steps, the scheduler,
+val and test evaluation) on a few batches, through the pipeline's own optimizer, scheduler and step.
+What would make the full run crash or silently train something else shows here, before training.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from checks.result import CheckResult, Figure, Verdict
+from checks.sampling import fresh_model
+from recipe.optim import describe_optimizer, describe_scheduler
+from recipe.pipeline import Pipeline
+from recipe.train import StepContractError, fit, step_scheduler, training_objects
+from recipe.user_code import describe, where
+
+STAGE = "skeleton"
+MAX_PLOTTED_STEPS = 20_000  # the planned lr curve is replayed step by step; longer runs are cut there
+
+
+def _lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    return [float(group["lr"]) for group in optimizer.param_groups]
+
+
+def _replayed_lrs(pipeline: Pipeline, epochs: int, batches: int, val_losses: list[float]) -> list[list[float]]:
+    """The lr of every dry-run step as the optimizer and scheduler alone give it, with no training."""
+    model = fresh_model(pipeline)
+    optimizer, scheduler = training_objects(pipeline, model)
+    lrs = []
+    with warnings.catch_warnings():  # stepping a scheduler without optimizer.step() warns; that is the point
+        warnings.simplefilter("ignore")
+        for epoch in range(epochs):
+            for _ in range(batches):
+                lrs.append(_lrs(optimizer))
+                step_scheduler(scheduler, "step", pipeline)
+            step_scheduler(scheduler, "epoch", pipeline, val_losses[epoch] if epoch < len(val_losses) else None)
+    return lrs
+
+
+def planned_lr_curve(pipeline: Pipeline) -> tuple[list[int], list[float], int] | None:
+    """(step, lr, planned steps) for the configured run as the scheduler gives it, replayed for at most
+    MAX_PLOTTED_STEPS steps; None when it can't be replayed without training (ReduceLROnPlateau
+    reacts to val losses)."""
+    model = fresh_model(pipeline)
+    optimizer, scheduler = training_objects(pipeline, model)
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return None
+    total = pipeline.config.epochs * pipeline.steps_per_epoch
+    if scheduler is None:
+        return [0, total], [_lrs(optimizer)[0]] * 2, total
+    steps, lrs = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(min(total, MAX_PLOTTED_STEPS)):
+            steps.append(step)
+            lrs.append(_lrs(optimizer)[0])
+            step_scheduler(scheduler, "step", pipeline)
+            if (step + 1) % pipeline.steps_per_epoch == 0:
+                step_scheduler(scheduler, "epoch", pipeline)
+    return steps, lrs, total
+
+
+def fit_dry_run(pipeline: Pipeline, epochs: int = 2, batches: int = 3) -> CheckResult:
+    """Run `fit` itself for `epochs` epochs of `batches` batches (val and test cut to `batches` too).
+
+    FAILs when fit crashes (the step returns a float, a scheduler raises, a shape breaks in
+    evaluation), when a loss is not finite, or when the lr a step trains with is not the one the
+    pipeline's optimizer and scheduler give (something in the step rewrites it). Shows the optimizer
+    and the schedule as the pipeline built them, read from the objects.
+    """
+    epochs = min(epochs, pipeline.config.epochs)
+    seen: list[tuple[list[float], float]] = []
+
+    def on_step(step: int, optimizer, loss: torch.Tensor) -> None:
+        seen.append((_lrs(optimizer), float(loss)))
+
+    try:
+        result = fit(pipeline, quiet=True, max_epochs=epochs, max_batches=batches, on_step=on_step)
+    except StepContractError as err:
+        return _failed(f"{err}. Training would crash at its first step", len(seen))
+    except Exception as err:  # the user's loop code broke: that is this check's finding, not a crashed check
+        return _failed(f"fit crashed after {len(seen)} steps at {where(err)}: {describe(err)}. Training would crash "
+                       "the same way: fix the pipeline's step, scheduler, loss or batches", len(seen))
+    optimizer_info = describe_optimizer(result.optimizer)
+    scheduler_info = describe_scheduler(result.scheduler, pipeline.scheduler_interval)
+    per_epoch = min(batches, pipeline.steps_per_epoch)
+    expected = _replayed_lrs(pipeline, epochs, per_epoch, [row["val_loss"] for row in result.history])
+    trained_lrs = [lrs for lrs, _ in seen]
+    mismatch = next((i for i, (a, b) in enumerate(zip(trained_lrs, expected))
+                     if any(not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-15) for x, y in zip(a, b))), None)
+    losses = [loss for _, loss in seen]
+    problems = []
+    if result.stopped:
+        problems.append(f"the dry run stopped: {result.stopped}")
+    elif not all(math.isfinite(v) for v in losses):
+        problems.append("a loss was NaN/Inf in the first steps: check the loss function and the lr")
+    if mismatch is not None:
+        problems.append(f"step {mismatch + 1} trained with lr {trained_lrs[mismatch][0]:.6g}, but the pipeline's "
+                        f"optimizer and scheduler give {expected[mismatch][0]:.6g}: the train step (or something it "
+                        "calls) rewrites the learning rate, so the checks and the full run would train differently")
+    schedule = (f"{scheduler_info['class']} stepped per {scheduler_info['interval']}" if scheduler_info
+                else "no scheduler (constant lr)")
+    hyper = ", ".join(f"{k} {v}" for k, v in optimizer_info.items() if k not in ("class", "param_groups", "parameters"))
+    summary = (f"fit ran {len(seen)} steps over {epochs} epochs, evaluated val and test, with "
+               f"{optimizer_info['class']} ({hyper}) and {schedule}, as the pipeline built them")
+    details = {"optimizer": optimizer_info, "scheduler": scheduler_info, "train_step": _qualname(pipeline.train_step),
+               "loss_fn": _qualname(pipeline.loss_fn), "model": type(result.model).__name__,
+               "epochs": pipeline.config.epochs, "steps_per_epoch": pipeline.steps_per_epoch,
+               "dry_run_losses": losses, "dry_run_lrs": [lrs[0] for lrs in trained_lrs]}
+    figures = []
+    curve = planned_lr_curve(pipeline)
+    if curve is not None:
+        steps, lrs, total = curve
+        shown = "" if steps[-1] >= total - 1 else f" (the first {len(steps):,} of {total:,} steps)"
+        figures.append(Figure("lines", f"the learning rate fit will use, per step, as the pipeline's scheduler "
+                              f"gives it{shown}", {"series": {"lr": lrs}, "x": steps, "xlabel": "step",
+                                                   "ylabel": "learning rate"}))
+    verdict = Verdict.FAIL if problems else Verdict.PASS
+    message = (summary + "." if not problems else "; ".join(problems) + ".")
+    return CheckResult("fit_dry_run", STAGE, verdict, float(len(problems)), 0.0, "==", message,
+                       figures=figures, details=details)
+
+
+def _failed(message: str, steps: int) -> CheckResult:
+    return CheckResult("fit_dry_run", STAGE, Verdict.FAIL, 1.0, 0.0, "==", message + ".",
+                       details={"steps_before_failure": steps})
+
+
+def _qualname(fn) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(getattr(fn, "func", None), "__qualname__", None)
+    module = getattr(fn, "__module__", None) or getattr(getattr(fn, "func", None), "__module__", "")
+    return f"{module}.{name}" if name else type(fn).__name__
