@@ -92,8 +92,8 @@ def load_pipeline(args: argparse.Namespace):
     check_report_dir(Path(args.report_dir))
     started = time.perf_counter()
     data = load_data(args.data, args.data_dir, device, download=not args.no_download)
-    say(args, f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test) - {data.reason}")
     pipeline = make_pipeline(args.pipeline, config, data)
+    say(args, f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test) - {data.reason}")
     args.data_load_s = time.perf_counter() - started  # reported in the run's timings
     return pipeline
 

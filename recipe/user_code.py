@@ -84,6 +84,9 @@ def _import(module_name: str):
         path = Path(module_name)
         if not path.is_file():
             raise RecipeError(f"--pipeline: no file {path}")
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # like `python file.py`: the file's own modules beside it import
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module  # so dataclasses, pickling and the user's own imports can find it
