@@ -27,3 +27,26 @@ def test_readme_cnn_pipeline_passes_every_check(tmp_path, monkeypatch):
     failed = {r.name: r.message for r in results if r.verdict in (Verdict.FAIL, Verdict.ERROR)}
     assert pipeline.name == "small-cnn"
     assert failed == {}
+
+
+def test_the_checks_table_lists_every_registered_check_in_order():
+    from checks.registry import CHECKS_BY_STAGE
+
+    section = README.read_text().split("## What it checks", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\w+) \| `(\w+)` \|", section, re.M)
+    assert rows == [(stage, check.__name__) for stage, checks in CHECKS_BY_STAGE.items() for check in checks]
+
+
+def test_the_zoo_matrix_has_a_row_for_every_bug_and_says_the_measured_rate():
+    from checks.registry import CHECKS
+    from tests.zoo.catalogue import ZOO
+
+    section = README.read_text().split("## The bug zoo", 1)[1].split("\n## ", 1)[0]
+    matrix = re.search(r"```\n( +1 .*?)```", section, re.S).group(1)
+    names = [line.split()[0] for line in matrix.splitlines()[1:] if line and not line.startswith(" ")
+             and re.match(r"^[\w:]+ +[PWFES]", line)]
+    assert names == ["clean:linear", "clean:mlp"] + [bug.name for bug in ZOO]
+    assert len(matrix.splitlines()[0].split()) == len(CHECKS) + 1  # one column per check, then the verdict
+    caught = sum("  caught" in line for line in matrix.splitlines())
+    assert f"detection rate: {caught}/{len(ZOO)} bugs" in matrix
+    assert f"lists {len(ZOO)} realistic bugs" in section
