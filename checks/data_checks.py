@@ -140,22 +140,33 @@ def duplicates_and_leakage(pipeline: Pipeline, max_leak_fraction: float = 0.001)
     return measured("duplicates_and_leakage", STAGE, worst, max_leak_fraction, "<=", ok, fail, details=details)
 
 
-def _effective_norm(pipeline: Pipeline, n_examples: int = 256) -> tuple[float, float, float]:
-    """Fit x_seen = (pixels - mean) / std on real batches: returns (mean, std, max fit error).
+def _listed(values: list[float]) -> str:
+    return ", ".join(f"{v:.5f}" for v in values)
+
+
+def _effective_norm(pipeline: Pipeline, n_examples: int = 256) -> tuple[list[float], list[float], float]:
+    """Fit x_seen = (pixels - mean) / std per channel on real batches: returns (means, stds, max fit error).
 
     Reads the stats the batches *actually* use, whatever `pipeline.norm` declares.
     """
     x, _, idx = stacked(pipeline, "train", n_examples, shuffle=False)
-    pixels = pipeline.data.train.images[idx].float().reshape(len(idx), -1) / 255.0
-    seen = x.reshape(len(idx), -1).float()
-    if seen.shape != pixels.shape:
-        return math.nan, math.nan, math.inf
-    p, s = pixels.flatten().double(), seen.flatten().double()
-    slope = ((p - p.mean()) * (s - s.mean())).sum() / ((p - p.mean()) ** 2).sum()
-    intercept = s.mean() - slope * p.mean()
-    error = (s - (slope * p + intercept)).abs().max().item()
-    std = (1.0 / slope).item()
-    return (-intercept * std).item(), std, error
+    images = pipeline.data.train.images[idx]
+    if x.numel() != images.numel():
+        return [math.nan], [math.nan], math.inf
+    pixels = images.double().reshape(len(idx), images.shape[1], -1) / 255.0
+    seen = x.double().reshape(pixels.shape)
+    means, stds, error = [], [], 0.0
+    for c in range(pixels.shape[1]):
+        p, s = pixels[:, c].flatten(), seen[:, c].flatten()
+        spread = ((p - p.mean()) ** 2).sum()
+        if spread == 0:
+            return [math.nan], [math.nan], math.inf
+        slope = ((p - p.mean()) * (s - s.mean())).sum() / spread
+        intercept = s.mean() - slope * p.mean()
+        error = max(error, (s - (slope * p + intercept)).abs().max().item())
+        stds.append((1.0 / slope).item())
+        means.append((-intercept / slope).item())
+    return means, stds, error
 
 
 def normalisation_stats_source(pipeline: Pipeline, exact: float = 1e-4) -> CheckResult:
@@ -165,24 +176,24 @@ def normalisation_stats_source(pipeline: Pipeline, exact: float = 1e-4) -> Check
     Stats computed on a split match it to float precision, which rounded published constants don't.
     """
     mean, std, fit_error = _effective_norm(pipeline)
-    if not math.isfinite(mean) or fit_error > 0.05:
+    if not all(math.isfinite(v) for v in mean + std) or fit_error > 0.05:
         return CheckResult("normalisation_stats_source", STAGE, Verdict.PASS, None, None, "",
                            "the batches are not an affine map of the raw pixels (augmentation or a learned "
                            "preprocessing?), so the stats they use cannot be read off; nothing to compare.")
     distances = {}
     for name in SPLITS:
-        m, s = pixel_mean_std(pipeline.data.split(name).images)
-        distances[name] = abs(mean - m) / s + abs(std - s) / s
+        ms, ss = pixel_mean_std(pipeline.data.split(name).images)
+        distances[name] = max(abs(a - m) / s + abs(b - s) / s for a, b, m, s in zip(mean, std, ms, ss) if s > 0)
     closest = min(distances, key=distances.get)
     details = {"applied_mean": mean, "applied_std": std, "distance_to_split_stats": distances}
     if closest != "train" and distances[closest] < exact and distances[closest] < distances["train"]:
         return CheckResult("normalisation_stats_source", STAGE, Verdict.FAIL, distances[closest], exact, "<",
-                           f"the batches are normalised with mean {mean:.5f}, std {std:.5f}: exactly the {closest} "
+                           f"the batches are normalised with mean {_listed(mean)}, std {_listed(std)}: exactly the {closest} "
                            f"split's stats (distance {distances[closest]:.1e}), not train's (distance "
                            f"{distances['train']:.1e}). Normalisation stats computed on the {closest} set leak it "
                            "into preprocessing: compute mean/std on the train split only.", details=details)
     held_out = min(distances["val"], distances["test"])
-    ok = (f"the batches use mean {mean:.5f}, std {std:.5f}; nearest to the {closest} split's stats "
+    ok = (f"the batches use mean {_listed(mean)}, std {_listed(std)}; nearest to the {closest} split's stats "
           f"(relative distance {distances[closest]:.1e}), and no exact copy of val or test stats (nearest held-out "
           f"split at {held_out:.1e} >= {exact:g}).")
     return CheckResult("normalisation_stats_source", STAGE, Verdict.PASS, held_out, exact, ">=", ok, details=details)
@@ -240,8 +251,10 @@ def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_exampl
     best = int(eta2.argmax())
     value = eta2[best].item()
     where = f"feature {best}"
-    if features.shape[1] == 28 * 28:
-        where = f"pixel (row {best // 28}, col {best % 28})"
+    if x[0].shape == pipeline.data.train.images[0].shape:  # images as (C, H, W): name the pixel
+        channels, height, width = x.shape[1:]
+        channel, row, col = best // (height * width), best // width % height, best % width
+        where = f"pixel (row {row}, col {col}" + (f", channel {channel})" if channels > 1 else ")")
     ok = (f"no single input feature explains the label: the most informative, {where}, explains "
           f"{value:.1%} of its variance by class (limit {max_single_feature_r2:.0%}).")
     fail = (f"the target leaks into the input: {where} alone explains {value:.1%} of its variance by the label "

@@ -121,7 +121,7 @@ def _pairing_problem(pipeline: Pipeline, split: str, counts: dict[str, int]) -> 
         return (f"{split}: {counts['label_mismatches']} of {total} labels differ from the source label at the "
                 f"example's index: {cause}. Index images and labels with the same permutation, in the same place")
     return (f"{split}: {counts['pixel_mismatches']} of {total} inputs differ from the source image at their index "
-            f"after undoing the declared normalisation (mean {pipeline.norm.mean:.4f}, std {pipeline.norm.std:.4f}): "
+            f"after undoing the declared normalisation ({pipeline.norm.describe()}): "
             "an extra transform, a second normalisation, or something written into the pixels")
 
 

@@ -66,9 +66,10 @@ def capture_model_input(pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def denormalise(pipeline: Pipeline, x: torch.Tensor) -> torch.Tensor:
-    """Undo the pipeline's declared normalisation: back to pixels in [0, 1], shape (B, H, W)."""
-    pixels = x * pipeline.norm.std + pipeline.norm.mean
-    return pixels.reshape(len(x), *pipeline.data.train.images.shape[1:])
+    """Undo the pipeline's declared per-channel normalisation: back to pixels in [0, 1], shape (B, C, H, W)."""
+    shape = pipeline.data.train.images.shape[1:]
+    pixels = x.reshape(len(x), *shape) * pipeline.norm.std.to(x.device) + pipeline.norm.mean.to(x.device)
+    return pixels
 
 
 def short_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False, record=None,

@@ -1,7 +1,8 @@
 """Data sources, splits, normalisation and batches, all as whole tensors in memory.
 
-`load_data` picks a source (mnist / fashion-mnist / sample / auto), splits it stratified with a fixed
-seed, and puts it on the device. `TensorBatches` draws batches by indexing those tensors: no
+`load_data` picks a source (mnist / fashion-mnist / cifar10 / folder / sample / auto), splits it
+stratified with a fixed seed, and puts it on the device. Images are `(N, C, H, W)` uint8 of any size
+and channel count; normalisation is per channel, with stats from train only. `TensorBatches` draws batches by indexing those tensors: no
 per-sample Python work, and every batch carries the indices of its examples so checks can trace
 each one back to the source.
 """
@@ -16,18 +17,19 @@ from typing import Callable, Iterator
 
 import torch
 
-from recipe import sources
+from recipe import image_sources, sources
 from recipe.errors import DataError
 
-SOURCES = ("auto", "mnist", "fashion-mnist", "sample")
+SOURCES = ("auto", "mnist", "fashion-mnist", "cifar10", "folder", "sample")
 SPLIT_SEED = 0  # splits never move with the training seed, so val and test stay comparable across runs
 SAMPLE_TEST_PER_CLASS, SAMPLE_VAL_PER_CLASS = 100, 50  # 5k sample -> 3500 / 500 / 1000
 FULL_VAL_FRACTION = 1 / 12  # 60k train -> 55k train + 5k val
+FOLDER_TEST_FRACTION, FOLDER_VAL_FRACTION = 0.15, 0.1  # one folder of images: 15% test, then 10% of the rest val
 
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # (N, 28, 28) uint8, on the device
+    images: torch.Tensor  # (N, C, H, W) uint8 pixels 0..255, on the device
     labels: torch.Tensor  # (N,) int64, on the device
 
     def __len__(self) -> int:
@@ -51,16 +53,31 @@ class DataBundle:
         return len(self.class_names)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NormStats:
-    """Mean and std of train pixels scaled to [0, 1]; the net sees (pixels / 255 - mean) / std."""
-    mean: float
-    std: float
+    """Per-channel mean and std of train pixels scaled to [0, 1]; the net sees (pixels / 255 - mean) / std.
+
+    Both are float32 tensors shaped (C, 1, 1) on the data's device, so they broadcast over a
+    (B, C, H, W) batch: `x * norm.std + norm.mean` undoes the normalisation.
+    """
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def of(cls, mean, std, device: str | torch.device = "cpu") -> "NormStats":
+        def column(values) -> torch.Tensor:
+            return torch.as_tensor(values, dtype=torch.float32, device=device).reshape(-1, 1, 1)
+        return cls(column(mean), column(std))
+
+    def describe(self) -> str:
+        def listed(t: torch.Tensor) -> str:
+            return ", ".join(f"{v:.4f}" for v in t.flatten().tolist())
+        return f"mean ({listed(self.mean)}), std ({listed(self.std)})"
 
 
 @dataclass(frozen=True)
 class Batch:
-    x: torch.Tensor    # (B, 1, 28, 28) float32, normalised: exactly what the model is given
+    x: torch.Tensor    # (B, C, H, W) float32, normalised: exactly what the model is given
     y: torch.Tensor    # (B,) int64
     idx: torch.Tensor  # (B,) int64, positions of these examples in their split
 
@@ -80,6 +97,12 @@ def load_data(source: str = "auto", data_dir: str | Path = "data", device: str |
         raw, classes, picked, reason = _pick_auto(data_dir, download)
     elif source == "sample":
         raw, classes, picked, reason = _sample(), sources.MNIST_CLASSES, "sample", "asked for with --data sample"
+    elif source == "cifar10":
+        raw, classes, reason = _cifar10(data_dir, download)
+        picked = source
+    elif source == "folder":
+        raw, classes = image_sources.read_image_folder(data_dir)
+        picked, reason = source, f"read the images in {data_dir}"
     else:
         raw, classes, reason = _idx_source(source, data_dir, download)
         picked = source
@@ -109,6 +132,26 @@ def _idx_source(source: str, data_dir: Path, download: bool):
         raise DataError(f"no {source} IDX files in {data_dir} and the network is unreachable; "
                         f"copy the IDX files there{hint}, or use --data sample")
     return _download(source, data_dir), classes, f"downloaded {source} into {data_dir}"
+
+
+def _cifar10(data_dir: Path, download: bool):
+    folder = image_sources.find_cifar10(data_dir)
+    classes = image_sources.CIFAR10_CLASSES
+    if folder is not None:
+        return image_sources.read_cifar10(folder), classes, f"read CIFAR-10 batches from {folder}"
+    if not download or not network_is_up():
+        why = "downloads are off" if not download else "the network is unreachable"
+        raise DataError(f"no CIFAR-10 python batches in {data_dir} ({image_sources.CIFAR10_FOLDER}/data_batch_1.."
+                        f"5, test_batch) and {why}; copy them there, or use --data sample")
+    import torchvision  # imported late: only this path needs it
+
+    try:
+        for train in (True, False):
+            torchvision.datasets.CIFAR10(root=str(data_dir), train=train, download=True)
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"downloading CIFAR-10 into {data_dir} failed ({err}); copy the batches by hand") from None
+    return image_sources.read_cifar10(data_dir / image_sources.CIFAR10_FOLDER), classes, \
+        f"downloaded CIFAR-10 into {data_dir}"
 
 
 def _find_mnist(data_dir: Path) -> Path | None:
@@ -182,6 +225,14 @@ def stratified_holdout(labels: torch.Tensor, per_class: Callable[[int], int],
 
 def _split(raw: dict[str, sources.RawSplit], source: str) -> dict[str, sources.RawSplit]:
     generator = torch.Generator().manual_seed(SPLIT_SEED)
+    if "val" in raw:  # the source brings its own three splits
+        return {name: raw[name] for name in ("train", "val", "test")}
+    if "all" in raw and source != "sample":  # one pool (a folder of images): hold out test, then val
+        everything = raw["all"]
+        rest, test = stratified_holdout(everything.labels, lambda n: _share(n, FOLDER_TEST_FRACTION), generator)
+        pool = _take(everything, rest)
+        train, val = stratified_holdout(pool.labels, lambda n: _share(n, FOLDER_VAL_FRACTION), generator)
+        return {"train": _take(pool, train), "val": _take(pool, val), "test": _take(everything, test)}
     if source == "sample":
         everything = raw["all"]
         rest, test = stratified_holdout(everything.labels, lambda n: SAMPLE_TEST_PER_CLASS, generator)
@@ -190,6 +241,11 @@ def _split(raw: dict[str, sources.RawSplit], source: str) -> dict[str, sources.R
         return {"train": _take(pool, train), "val": _take(pool, val), "test": _take(everything, test)}
     train, val = stratified_holdout(raw["train"].labels, lambda n: round(n * FULL_VAL_FRACTION), generator)
     return {"train": _take(raw["train"], train), "val": _take(raw["train"], val), "test": raw["test"]}
+
+
+def _share(n: int, fraction: float) -> int:
+    """round(n * fraction), but at least one example of each class once it has 3 (so every split sees it)."""
+    return max(round(n * fraction), 1 if n >= 3 else 0)
 
 
 def _take(split: sources.RawSplit, positions: torch.Tensor) -> sources.RawSplit:
@@ -203,34 +259,48 @@ def _to_device(raw: dict[str, sources.RawSplit], classes, source, reason, device
 
 # ---------------------------------------------------------------- normalisation and batches
 
-def pixel_mean_std(images: torch.Tensor) -> tuple[float, float]:
-    """Mean and std of images / 255, exact, from a histogram of the 256 pixel values (no float copy)."""
-    if images.is_floating_point():  # a user's float images: plain float64 maths
-        pixels = images.double() / 255.0
-        return pixels.mean().item(), pixels.std().item()
-    counts = torch.bincount(images.flatten(), minlength=256).double().cpu()
-    values = torch.arange(len(counts), dtype=torch.float64)
-    n = counts.sum().item()
-    mean = (counts * values).sum().item() / n
-    variance = (counts * (values - mean) ** 2).sum().item() / max(n - 1, 1)
-    return mean / 255.0, math.sqrt(variance) / 255.0
+def pixel_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of `images` / 255 for (N, C, H, W) images.
+
+    uint8 images are counted exactly, from a histogram of the 256 pixel values per channel (no
+    float copy of the data); float images are taken as 0..255 values too.
+    """
+    if images.dim() != 4:
+        raise DataError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        channel = images[:, c]
+        if channel.is_floating_point():  # a user's float images: plain float64 maths
+            pixels = channel.double() / 255.0
+            means.append(pixels.mean().item())
+            stds.append(pixels.std().item())
+            continue
+        counts = torch.bincount(channel.flatten(), minlength=256).double().cpu()
+        values = torch.arange(len(counts), dtype=torch.float64)
+        n = counts.sum().item()
+        mean = (counts * values).sum().item() / n
+        variance = (counts * (values - mean) ** 2).sum().item() / max(n - 1, 1)
+        means.append(mean / 255.0)
+        stds.append(math.sqrt(variance) / 255.0)
+    return means, stds
 
 
 def norm_stats(split: Split) -> NormStats:
-    """Pixel mean and std of one split, which should be train: never val or test."""
+    """Per-channel pixel mean and std of one split, which should be train: never val or test."""
     mean, std = pixel_mean_std(split.images)
-    return NormStats(mean=mean, std=std)
+    std = [s if s > 0 else 1.0 for s in std]  # a constant channel: leave it centred, don't divide by 0
+    return NormStats.of(mean, std, split.images.device)
 
 
 def normalize(images: torch.Tensor, stats: NormStats) -> torch.Tensor:
-    """uint8 (N, 28, 28) or float [0, 1] (N, 1, 28, 28) -> normalised float (N, 1, 28, 28)."""
+    """uint8 (N, C, H, W) 0..255, or float (N, C, H, W) in [0, 1] -> normalised float (N, C, H, W)."""
     # The same three float32 operations as (x / 255 - mean) / std, done in place on one new tensor:
-    # bit-identical, and on a full split ~2x faster than allocating a copy for each.
+    # on a full split ~2x faster than allocating a copy for each.
     if images.dtype == torch.uint8:
         out = images.float().div_(255.0).sub_(stats.mean)
     else:
-        out = images.reshape(-1, 1, 28, 28) - stats.mean  # a new tensor: the caller's is left alone
-    return out.div_(stats.std).reshape(-1, 1, 28, 28).contiguous()
+        out = images - stats.mean  # a new tensor: the caller's is left alone
+    return out.div_(stats.std).contiguous()
 
 
 class TensorBatches:
@@ -263,7 +333,7 @@ class TensorBatches:
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             if use_augment:
-                pixels = source.images.index_select(0, idx).float().div_(255.0).unsqueeze(1)  # (B, 1, 28, 28)
+                pixels = source.images.index_select(0, idx).float().div_(255.0)  # (B, C, H, W) in [0, 1]
                 x = normalize(self.augment(pixels), self.stats)
             else:
                 x = normalised.index_select(0, idx)

@@ -71,8 +71,7 @@ def shift_robustness(model: nn.Module, pipeline: Pipeline, max_shift: int = 4,
     image_shape = tuple(pipeline.data.test.images.shape[-2:])
     if pipeline.data.test.images.dim() < 3:
         return [], 0
-    mean, std = float(torch.as_tensor(pipeline.norm.mean).mean()), float(torch.as_tensor(pipeline.norm.std).mean())
-    background = (0.0 - mean) / std
+    background = (0.0 - pipeline.norm.mean) / pipeline.norm.std  # (C, 1, 1): raw 0 in every channel
     batches, count = [], 0
     for batch in pipeline.batches("test", shuffle=False, augment=False):
         if batch.x[0].numel() % (image_shape[0] * image_shape[1]):
@@ -99,7 +98,11 @@ def shift_robustness(model: nn.Module, pipeline: Pipeline, max_shift: int = 4,
 def _correct(model: nn.Module, batch, image_shape: tuple[int, int], down: int, right: int,
              background: float) -> int:
     x = batch.x.reshape(len(batch.x), -1, *image_shape)  # (B, channels, H, W), whatever the model's layout
-    moved = shift_image(x, down, right, background).reshape(batch.x.shape)
+    moved = shift_image(x, down, right, 0.0)
+    if background.shape[0] == x.shape[1]:  # vacated pixels become each channel's normalised background
+        vacated = shift_image(torch.zeros_like(x[:1]), down, right, 1.0)
+        moved = moved + vacated * background.to(x.device)
+    moved = moved.reshape(batch.x.shape)
     return int((model(moved).argmax(1) == batch.y).sum())
 
 

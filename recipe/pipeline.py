@@ -106,7 +106,7 @@ def build_pipeline(name: str, config: TrainConfig, data: DataBundle,
     total_steps = config.epochs * math.ceil(len(data.train) / config.batch_size)
 
     def make_model() -> nn.Module:
-        return model_class(num_classes=data.num_classes).to(device)
+        return model_class(num_classes=data.num_classes, in_features=data.train.images[0].numel()).to(device)
 
     scheduler = None if config.schedule == "constant" else partial(make_scheduler, config, total_steps)
     return Pipeline(
@@ -128,7 +128,7 @@ def default_pipeline(config: TrainConfig, data: DataBundle) -> Pipeline:
 
 
 def mlp_pipeline(config: TrainConfig, data: DataBundle) -> Pipeline:
-    """A second, non-linear pipeline: 784-128-10 MLP, same data and loop."""
+    """A second, non-linear pipeline: an MLP with one hidden layer of 128, same data and loop."""
     return build_pipeline("mlp", config, data, MLPClassifier)
 
 

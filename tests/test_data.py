@@ -63,7 +63,7 @@ def test_batch_indices_map_back_to_the_source(sample_data, split):
     batches = TensorBatches(sample_data, stats, batch_size=256)
     source = sample_data.split(split)
     for batch in batches(split, shuffle=True, generator=torch.Generator().manual_seed(1)):
-        pixels = batch.x.squeeze(1) * stats.std + stats.mean  # undo the normalisation
+        pixels = batch.x * stats.std + stats.mean  # undo the per-channel normalisation
         assert torch.allclose(pixels, source.images[batch.idx].float() / 255, atol=1e-5)
         assert torch.equal(batch.y, source.labels[batch.idx])
 

@@ -23,7 +23,7 @@ def _batches(n_steps: int, batch: int, seed: int = 0):
 
 
 def _random_linear(seed: int = 0) -> LinearClassifier:
-    model = LinearClassifier()
+    model = LinearClassifier(10, 28 * 28)
     with torch.no_grad():  # not the zero init: a non-trivial softmax from the first step
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
@@ -78,29 +78,29 @@ class ScaledLinear(LinearClassifier):
 
 
 def _frozen() -> nn.Module:
-    model = LinearClassifier()
+    model = LinearClassifier(10, 28 * 28)
     model.fc.weight.requires_grad_(False)
     return model
 
 
 def _hooked() -> nn.Module:
-    model = LinearClassifier()
+    model = LinearClassifier(10, 28 * 28)
     model.register_forward_pre_hook(lambda module, args: None)
     return model
 
 
 def _gradient_hooked() -> nn.Module:
-    model = LinearClassifier()
+    model = LinearClassifier(10, 28 * 28)
     model.fc.weight.register_hook(lambda grad: grad.clamp(-1e-3, 1e-3))  # clips: changes the step
     return model
 
 
 @pytest.mark.parametrize("make_model, loss_fn", [
-    (ScaledLinear, F.cross_entropy),
+    (lambda: ScaledLinear(10, 28 * 28), F.cross_entropy),
     (_frozen, F.cross_entropy),
     (_hooked, F.cross_entropy),
     (_gradient_hooked, F.cross_entropy),
-    (LinearClassifier, lambda logits, y: F.cross_entropy(logits, y) * 2),
+    (lambda: LinearClassifier(10, 28 * 28), lambda logits, y: F.cross_entropy(logits, y) * 2),
 ], ids=["subclass", "frozen", "hooked", "gradient-hook", "other-loss"])
 def test_anything_else_goes_through_autograd(make_model, loss_fn):
     model, twin = make_model(), make_model()  # not deepcopy: it drops tensor hooks

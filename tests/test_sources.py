@@ -25,7 +25,7 @@ def test_read_idx_split_returns_what_was_written(idx_folder, gz):
     for split, (images, labels) in written.items():
         raw = sources.read_idx_split(folder, split)
         assert raw.images.dtype == torch.uint8 and raw.labels.dtype == torch.int64
-        assert torch.equal(raw.images, torch.from_numpy(images))
+        assert torch.equal(raw.images, torch.from_numpy(images).unsqueeze(1))
         assert torch.equal(raw.labels, torch.from_numpy(labels.astype(np.int64)))
 
 
@@ -39,7 +39,7 @@ def test_load_mnist_from_folder_layouts(idx_folder, tmp_path, layout):
     train_images, train_labels = written["train"]
     together = torch.cat([data.train.images, data.val.images])
     assert sorted(map(bytes, together.numpy())) == sorted(map(bytes, train_images))
-    assert torch.equal(data.test.images, torch.from_numpy(written["test"][0]))
+    assert torch.equal(data.test.images, torch.from_numpy(written["test"][0]).unsqueeze(1))
 
 
 def test_load_fashion_from_torchvision_layout(idx_folder, tmp_path):
@@ -61,7 +61,7 @@ def test_auto_without_files_or_downloads_falls_back_to_sample(tmp_path, fast_sam
 @pytest.mark.parametrize("split, n", [("train", 60_000), ("test", 10_000)])
 def test_real_debian_fashion_mnist(split, n):
     raw = sources.read_idx_split(sources.DEBIAN_FASHION_DIR, split)
-    assert raw.images.shape == (n, 28, 28)
+    assert raw.images.shape == (n, 1, 28, 28)
     assert torch.equal(torch.bincount(raw.labels), torch.full((10,), n // 10))  # Fashion-MNIST is balanced
     assert raw.images.float().std() > 50  # real pictures, not a blank or constant file
 
@@ -74,7 +74,7 @@ def test_fashion_falls_back_to_debian_folder(tmp_path):
 
 
 def test_real_sample_csv(sample_raw):
-    assert sample_raw.images.shape == (5000, 28, 28) and sample_raw.images.dtype == torch.uint8
+    assert sample_raw.images.shape == (5000, 1, 28, 28) and sample_raw.images.dtype == torch.uint8
     assert set(sample_raw.labels.tolist()) == set(range(10))
     assert sample_raw.images.max() == 255 and sample_raw.images.min() == 0
 

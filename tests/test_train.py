@@ -184,7 +184,7 @@ def test_linear_gradient_matches_closed_form(sample_data):
     """micrograd-style oracle: autograd's dL/dW equals (softmax - onehot)^T X / N."""
     pipeline = _pipeline(sample_data)
     batch = next(pipeline.batches("train", shuffle=True, generator=torch.Generator().manual_seed(0)))
-    model = LinearClassifier().double()
+    model = LinearClassifier(10, 28 * 28).double()
     with torch.no_grad():  # random weights, so softmax is far from uniform
         model.fc.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
         model.fc.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))

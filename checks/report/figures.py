@@ -51,10 +51,12 @@ def render_png(figure: Figure) -> bytes:
 
 def _images(data: dict[str, Any]) -> MplFigure:
     images = _array(data["images"], "images")
-    if images.ndim == 4 and images.shape[1] == 1:  # (N, 1, H, W) -> (N, H, W)
+    if images.ndim == 4 and images.shape[1] == 3:  # (N, 3, H, W) colour -> (N, H, W, 3) for imshow
+        images = images.transpose(0, 2, 3, 1)
+    elif images.ndim == 4:  # (N, 1, H, W), or channels that are not colours: the first one, in grey
         images = images[:, 0]
-    if images.ndim != 3 or len(images) == 0:
-        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
+    if images.ndim not in (3, 4) or len(images) == 0:
+        raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got shape {images.shape}")
     images = images[:MAX_IMAGES]
     captions = [str(c) for c in data.get("captions", [])][:len(images)]
     signed = data.get("cmap", "gray") == "signed"
@@ -65,7 +67,14 @@ def _images(data: dict[str, Any]) -> MplFigure:
     for i, image in enumerate(images):
         ax = fig.add_subplot(rows, cols, i + 1)
         image = image.astype(float)
-        if signed:  # centred at 0, per image: red pushes the score up, blue pushes it down
+        if image.ndim == 3:  # colour: uint8 0..255 or float [0, 1]; signed weights stretched per image
+            if signed:
+                low, high = float(np.nanmin(image)), float(np.nanmax(image))
+                image = (image - low) / ((high - low) or 1.0)
+            elif np.nanmax(image) > 1.0:
+                image = image / 255.0
+            ax.imshow(np.clip(image, 0.0, 1.0), interpolation="nearest")
+        elif signed:  # centred at 0, per image: red pushes the score up, blue pushes it down
             limit = float(np.nanmax(np.abs(image))) or 1.0
             ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
         else:

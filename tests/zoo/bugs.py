@@ -116,7 +116,7 @@ def inputs_not_normalised(pipeline: Pipeline) -> Pipeline:
     """The loader hands the net raw 0..255 pixels: no ToTensor scaling, no Normalize."""
     def plant(batch: Batch, split: str, position: int) -> Batch:
         raw = pipeline.data.split(split).images[batch.idx]
-        return replace(batch, x=raw.float().unsqueeze(1))
+        return replace(batch, x=raw.float())
     return _wrap_batches(pipeline, plant)
 
 
@@ -301,7 +301,7 @@ class BatchMixingLinear(LinearClassifier):
 
 def with_linear_model(model_class: type[LinearClassifier]) -> Callable[[Pipeline], Pipeline]:
     def plant(pipeline: Pipeline) -> Pipeline:
-        return replace(pipeline, make_model=lambda: model_class(pipeline.num_classes).to(pipeline.device))
+        return replace(pipeline, make_model=lambda: model_class(pipeline.num_classes, pipeline.data.train.images[0].numel()).to(pipeline.device))
     return plant
 
 
