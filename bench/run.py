@@ -4,6 +4,7 @@
     python -m bench.run --parts epoch,sklearn --rounds 7 --out bench/results/cpu.json
     python -m bench.run --device cuda                     # the same figures on a GPU
     python -m bench.run --parts gpu                       # epoch, sklearn, scaling and batch512 on CUDA
+    python -m bench.run --parts startup --repeats 5       # `recipe check` wall time vs `import torch`
 
 Every comparison runs in this one process, on the same data, alternating which side goes first.
 Nothing here asserts a time: it prints, and a human or CI reads it.
@@ -21,7 +22,7 @@ import torch
 
 from bench.measure import Row, machine
 
-PARTS = ("epoch", "sklearn", "preflight", "scaling", "batch512", "gpu")
+PARTS = ("epoch", "sklearn", "preflight", "scaling", "batch512", "startup", "gpu")
 GPU_PARTS = ["epoch", "sklearn", "scaling", "batch512"]  # what --parts gpu runs with cuda
 DEFAULT_OUT = Path("bench/results/latest.json")
 
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="device for epoch, sklearn and scaling (default: cpu); 'gpu' always uses cuda")
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per loop in the epoch part (default: 5)")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="repeats of the sklearn and preflight parts (default: 3)")
+                        help="repeats of the sklearn, preflight and startup parts (default: 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for every loop, and the BLAS threads of scikit-learn "
                         "(default: the libraries' own choice; 1 is steadier on a shared machine)")
@@ -99,6 +100,10 @@ def run_parts(parts: list[str], device: str, args: argparse.Namespace, label: st
             from bench import preflight
 
             results[part] = preflight.run(device, args.repeats)
+        elif part == "startup":
+            from bench import startup
+
+            results[part] = startup.run(args.repeats)
         results[part]["part_wall_s"] = time.perf_counter() - started
         for row in results[part]["rows"]:
             row.part = f"{label}{row.part}"

@@ -25,7 +25,7 @@ def copies(data, scale: int):
 
     from recipe.data import Split
 
-    train = Split(data.train.images.repeat(scale, 1, 1), data.train.labels.repeat(scale))
+    train = Split(data.train.images.repeat(scale, *[1] * (data.train.images.dim() - 1)), data.train.labels.repeat(scale))
     return replace(data, train=train)
 
 

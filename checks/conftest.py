@@ -113,6 +113,8 @@ def preflight(request: pytest.FixtureRequest):
         summary = f"{result.name}: {result.message}"
         if result.verdict is Verdict.SKIP:
             pytest.skip(result.message)
+        if result.verdict is Verdict.NA:  # does not apply: a skip with the reason, never a failure
+            pytest.skip(f"N/A: {result.message}")
         if result.verdict.blocks:
             pytest.fail(f"{result.verdict.value} {summary}", pytrace=False)
         if result.verdict is Verdict.WARN:
@@ -122,19 +124,20 @@ def preflight(request: pytest.FixtureRequest):
     return outcome
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_makereport(item, call):
-    """Attach each check's verdict, value, threshold and message to the JUnit XML as properties."""
-    report = yield
+    """Attach each check's verdict, value, threshold and message to the JUnit XML as properties.
+
+    On the item, like the `record_property` fixture: --junitxml writes the properties of the
+    teardown report, which copies them from the item."""
     if call.when != "call" or not hasattr(item, "callspec") or "name" not in item.callspec.params:
         return
     state = item.config.stash[RESULTS_KEY]
     result = next((r for r in state.results if r.name == item.callspec.params["name"]), None)
     if result is not None:
-        rep = report.get_result()
-        rep.user_properties += [("verdict", result.verdict.value), ("value", result.value),
-                                ("threshold", result.threshold), ("comparison", result.comparison),
-                                ("message", result.message)]
+        item.user_properties += [("verdict", result.verdict.value), ("value", result.value),
+                                 ("threshold", result.threshold), ("comparison", result.comparison),
+                                 ("message", result.message)]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -144,16 +147,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from pathlib import Path
 
     from checks.preflight import identify, Preflight, write_run_report
-    from recipe.runs import new_run_dir, point_latest
+    from recipe.runs import run_folder
 
-    report_dir = Path(session.config.getoption("--report-dir"))
-    run_dir = new_run_dir(report_dir)
     preflight = Preflight(list(state.results), state.spec, identify(state.spec, state.pipeline),
                           sum(r.duration_s for r in state.results))
     timings = {"data_load_s": state.data_load_s, "checks_s": preflight.checks_s,
                "total_s": time.perf_counter() - state.started}
-    state.report_path = write_run_report(run_dir, preflight, state.pipeline, timings)
-    point_latest(report_dir, run_dir)
+    with run_folder(Path(session.config.getoption("--report-dir"))) as run:  # seen, and `latest`, once complete
+        write_run_report(run.path, preflight, state.pipeline, timings)
+    state.report_path = run.final / "index.html"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

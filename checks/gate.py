@@ -14,6 +14,7 @@ from pathlib import Path
 
 from checks.result import Verdict, worst
 from checks.runner import is_complete
+from recipe.runs import run_dirs
 
 
 @dataclass
@@ -39,9 +40,7 @@ class Earlier:
 
 
 def _records(report_dir: Path):
-    if not report_dir.is_dir():
-        return
-    for run_dir in sorted((p for p in report_dir.iterdir() if p.is_dir() and not p.is_symlink()), reverse=True):
+    for run_dir in run_dirs(report_dir):  # published runs only: a `.partial` one is still being written
         try:
             record = json.loads((run_dir / "results.json").read_text())
         except (OSError, ValueError):

@@ -15,52 +15,119 @@ from pathlib import Path
 from recipe.errors import RecipeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+INDEX_NAME = "index.html"  # the page of a run folder (checks/report/render.py writes it)
 STARTED = time.perf_counter()  # module import time: total_s counts the command from its start
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line and exit 2, like every other user error
-        raise RecipeError(f"{self.prog}: {message} (see --help)")
+        raise RecipeError(f"{suggest_choice(message)} (see `{self.prog} --help`)")
 
 
-def _common_options() -> argparse.ArgumentParser:
-    from recipe.options import data_options
+def suggest_choice(message: str) -> str:
+    """argparse's "invalid choice" message, with the closest choice offered ("did you mean 'adam'?")."""
+    import re
+    from difflib import get_close_matches
 
-    common = _Parser(add_help=False, allow_abbrev=False)
-    for flag, spec in data_options():
-        common.add_argument(flag, **spec)
-    common.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    return common
-
-
-def _training_options(parser: argparse.ArgumentParser) -> None:
-    from recipe.options import training_options
-
-    for flag, spec in training_options():
-        parser.add_argument(flag, **spec)
+    found = re.search(r"argument (?P<arg>\S+): invalid choice: '(?P<value>[^']*)' \(choose from (?P<choices>.*)\)$",
+                      message)
+    if found is None:
+        return message
+    choices = [c.strip().strip("'") for c in found["choices"].split(",")]
+    close = get_close_matches(found["value"], choices, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    what = "unknown command" if found["arg"] == "COMMAND" else f"argument {found['arg']}: invalid choice:"
+    return f"{what} {found['value']!r}{hint} (choose from {', '.join(choices)})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _common_options()
-    parser = _Parser(prog="recipe", allow_abbrev=False, description="Sanity-check, train and report an MNIST-style classifier. "
-                     "Exit codes: 0 passed, 1 a check failed or training stopped, 2 usage or data error.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=partial(_Parser, allow_abbrev=False))
-    check = commands.add_parser("check", parents=[common], help="run the preflight checks and write a report")
-    train = commands.add_parser("train", parents=[common], help="train, gated on a passing preflight")
-    run = commands.add_parser("run", parents=[common], help="check, then train if the checks pass (the main job)")
+def suggest_flags(extras: list[str], command: str, commands: dict[str, argparse.ArgumentParser]) -> str:
+    """"unrecognized arguments: --epochz 3; did you mean --epochs?", or which command takes the flag."""
+    from difflib import get_close_matches
+
+    def flags(parser: argparse.ArgumentParser) -> list[str]:
+        return [flag for action in parser._actions for flag in action.option_strings]
+
+    mine = flags(commands[command])
+    hints = []
+    for token in (t.split("=", 1)[0] for t in extras if t.startswith("-")):
+        others = [name for name, parser in commands.items() if name != command and token in flags(parser)]
+        close = get_close_matches(token, mine, n=1)
+        if others:
+            hints.append(f"{token} is an option of `recipe {' / '.join(others)}`, not of `recipe {command}`")
+        elif close:
+            hints.append(f"did you mean {close[0]}?")
+    return f"unrecognized arguments: {' '.join(extras)}" + "".join(f"; {h}" for h in hints)
+
+
+class _Version(argparse.Action):
+    """--version, read from the installed distribution only when asked for."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"recipe {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "(version unknown: not installed; run `pip install -e .`)"
+
+
+DISTRIBUTION = "recipe-harness"
+SUMMARIES = {  # one line each: the command list of `recipe --help`, and the first line of `recipe X --help`
+    "check": "run the preflight checks and write their report",
+    "train": "train, gated on a complete passing preflight of the same code, data, config and device",
+    "run": "the main job: the preflight checks, then training if they pass, into one report",
+    "report": "re-render a run's index.html from its saved results.json and figures.json; runs nothing",
+    "diff": "compare two runs: flipped verdicts, moved values, accuracy and time",
+}
+
+
+def build_parser(light: bool = False) -> argparse.ArgumentParser:
+    """The whole command line. `light` leaves out the options of check/train/run, whose choices come
+    from modules that import torch (2 s): `recipe report`, `diff`, `--help` and typos answer at once."""
+    from recipe.options import REPORT_DIR, data_options, training_options
+
+    parser = _Parser(prog="recipe", allow_abbrev=False,
+                     description="Sanity-check, train and report an MNIST-style classifier.",
+                     epilog="Exit codes: 0 passed, 1 a check failed or training stopped (diff: a verdict got "
+                            "worse), 2 usage or data error, 130 interrupted. `recipe COMMAND --help` lists a "
+                            "command's options.")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     parser_class=partial(_Parser, allow_abbrev=False))
+    subs = {name: commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+            for name, summary in SUMMARIES.items()}
+    check, train, run, report, diff = (subs[name] for name in SUMMARIES)
     for sub in (check, train, run):
-        _training_options(sub)
-    for sub in (check, run, train):
+        for flag, spec in ([] if light else data_options() + training_options()):
+            sub.add_argument(flag, **spec)
         sub.add_argument("--no-gate", action="store_true", help="run later check stages even after a FAIL")
     for sub in (train, run):
         sub.add_argument("--force", action="store_true", help="train even though the checks failed (reported loudly)")
     train.add_argument("--out", default=None, help="run folder (default: a new <report-dir>/<UTC time>/)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out "
                        "(default: <report-dir>/latest)")
-    report = commands.add_parser("report", parents=[common], help="re-render a report from its saved results "
-                                 "(runs nothing; of the common options only --report-dir matters)")
-    report.add_argument("run_dir", nargs="?", default=None, help="run folder (default: <report-dir>/latest)")
+    report.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR",
+                        help="run folder (default: <report-dir>/latest)")
+    diff.add_argument("run_a", metavar="RUN_A", help="the earlier run: its folder, or its name in --report-dir")
+    diff.add_argument("run_b", metavar="RUN_B", nargs="?", default="latest",
+                      help="the later run (default: latest)")
+    diff.add_argument("--noise", type=float, default=0.10,
+                      help="a value has moved when it changed by more than this fraction of itself (default 0.10) "
+                           "and by more than 1%% of its threshold; smaller changes count as run-to-run noise")
+    for sub in (report, diff):
+        sub.add_argument(REPORT_DIR[0], **REPORT_DIR[1])
+    for sub in subs.values():
+        sub.add_argument("--quiet", action="store_true", help="no progress lines or chatter")
+        sub.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.commands = subs
     return parser
 
 
@@ -92,8 +159,16 @@ def load_pipeline(args: argparse.Namespace):
     check_report_dir(Path(args.report_dir))
     started = time.perf_counter()
     data = load_data(args.data, args.data_dir, device, download=not args.no_download)
+    if args.data == "auto" and data.source == "sample":  # fell back: say what --data-dir held, and why not used
+        from recipe.unused_data import why_not_used
+
+        note = why_not_used(Path(args.data_dir))
+        if note:
+            say(args, f"data dir: {note}")
     pipeline = make_pipeline(args.pipeline, config, data)
-    say(args, f"data: {data.source} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test) - {data.reason}")
+    used = pipeline.data  # what the factory returned: a pipeline may bring or subsample its own data
+    say(args, f"data: {used.source} ({len(used.train)} train / {len(used.val)} val / {len(used.test)} test) - "
+              f"{used.reason}")
     args.data_load_s = time.perf_counter() - started  # reported in the run's timings
     return pipeline
 
@@ -123,12 +198,30 @@ class Progress:
 
 
 def run_checks(args: argparse.Namespace, pipeline, parts: dict | None = None):
-    from checks.preflight import run_preflight
+    """The preflight. On Ctrl-C, the checks that finished are kept as a partial report (which can never
+    open the training gate), then the interrupt goes on."""
+    from checks.preflight import Preflight, identify, run_preflight
     from checks.runner import expected_count
 
     progress = Progress(args.quiet, expected_count())
-    return run_preflight(pipeline, args.pipeline, gate=not args.no_gate, on_start=progress.start,
-                         on_result=progress.finish, parts=parts)
+    finished = []
+
+    def on_result(result) -> None:
+        finished.append(result)
+        progress.finish(result)
+
+    started = time.perf_counter()
+    try:
+        return run_preflight(pipeline, args.pipeline, gate=not args.no_gate, on_start=progress.start,
+                             on_result=on_result, parts=parts)
+    except KeyboardInterrupt:
+        if finished:
+            partial = Preflight(finished, args.pipeline, parts or identify(args.pipeline, pipeline),
+                                time.perf_counter() - started)
+            index = write_checks_only(args, pipeline, partial)
+            print(f"recipe: interrupted after {len(finished)} of {expected_count()} checks; their results: {index}",
+                  file=sys.stderr)
+        raise
 
 
 def _verdict_line(results) -> str:
@@ -164,8 +257,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: the checks, then training if they pass, into one report."""
-    from recipe.runs import new_run_dir
-
     pipeline = load_pipeline(args)
     preflight = run_checks(args, pipeline)
     _print_failures(preflight.results)
@@ -174,8 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"preflight {_verdict_line(preflight.results)}: not training. Fix the failing checks "
               f"(or pass --force); report: {index}", file=sys.stderr)
         return EXIT_FAILED
-    return train_and_report(args, pipeline, preflight, new_run_dir(Path(args.report_dir)),
-                            forced=not preflight.passed)
+    return train_and_report(args, pipeline, preflight, forced=not preflight.passed)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -184,10 +274,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from checks.gate import find_preflight, newest_for_pipeline, refusal
     from checks.preflight import Preflight, identify
     from recipe.identity import changed_parts, fingerprint
-    from recipe.runs import latest_run_dir, new_run_dir
+    from recipe.runs import check_out, resume_folder
+    from recipe.train import CHECKPOINT_NAME
 
     report_dir = Path(args.report_dir)
-    resume_dir = (Path(args.out) if args.out else latest_run_dir(report_dir)) if args.resume else None
+    out = Path(args.out) if args.out else None
+    resume_dir = resume_folder(report_dir, out, CHECKPOINT_NAME) if args.resume else None
+    if out is not None and not args.resume:
+        check_out(out)  # before the slow part
     pipeline = load_pipeline(args)  # before making a run folder: a bad flag must not leave an empty one
     parts = identify(args.pipeline, pipeline)
     earlier = find_preflight(report_dir, fingerprint(parts))
@@ -216,21 +310,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not preflight.passed:
         print("recipe: --force: training despite failing checks; the report will say so", file=sys.stderr)
-    run_dir = resume_dir or (Path(args.out) if args.out else new_run_dir(report_dir))
-    return train_and_report(args, pipeline, preflight, run_dir, forced=not preflight.passed,
-                            reused_figures=reused_figures)
+    return train_and_report(args, pipeline, preflight, forced=not preflight.passed, reused_figures=reused_figures,
+                            existing=resume_dir)
 
 
 def write_checks_only(args: argparse.Namespace, pipeline, preflight) -> Path:
-    """A run folder holding the preflight's report (no training), made `latest`."""
+    """A run folder holding the preflight's report (no training), made `latest` once complete."""
     from checks.preflight import write_run_report
-    from recipe.runs import new_run_dir, point_latest
+    from recipe.runs import finish_before_ctrl_c, run_folder
 
-    report_dir = Path(args.report_dir)
-    run_dir = new_run_dir(report_dir)
-    index = write_run_report(run_dir, preflight, pipeline, _timings(args, checks_s=preflight.checks_s))
-    point_latest(report_dir, run_dir)
-    return index
+    with run_folder(Path(args.report_dir)) as run, finish_before_ctrl_c():
+        write_run_report(run.path, preflight, pipeline, _timings(args, checks_s=preflight.checks_s))
+    return run.final / INDEX_NAME
 
 
 def _stored_figures(run_dir: Path) -> dict | None:
@@ -249,24 +340,52 @@ def _result_from_json(row: dict):
     return CheckResult(verdict=Verdict(row["verdict"]), **{k: v for k, v in row.items() if k in known})
 
 
-def train_and_report(args: argparse.Namespace, pipeline, preflight, run_dir: Path, forced: bool,
-                     reused_figures: dict | None = None) -> int:
+def train_and_report(args: argparse.Namespace, pipeline, preflight, forced: bool,
+                     reused_figures: dict | None = None, existing: Path | None = None) -> int:
+    """Train into a new run folder (or continue `existing`), evaluate, and write the run's report.
+
+    What finished is kept: if training is interrupted or crashes, the report still holds the preflight
+    and whatever epochs ran (with the last checkpoint), and says training stopped."""
     from checks.preflight import write_run_report
     from checks.report.training import training_summary
-    from recipe.evaluate import evaluate_trained
-    from recipe.runs import point_latest
+    from recipe.evaluate import Evaluation, evaluate_trained
+    from recipe.runs import finish_before_ctrl_c, run_folder
     from recipe.train import fit
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    point_latest(Path(args.report_dir), run_dir)
-    started = time.perf_counter()
-    result = fit(pipeline, run_dir, resume=getattr(args, "resume", False), quiet=args.quiet)
-    training_s = time.perf_counter() - started
-    summary = training_summary(pipeline, result, evaluate_trained(pipeline, result))
-    timings = _timings(args, checks_s=preflight.checks_s, training_s=training_s)
-    index = write_run_report(run_dir, preflight, pipeline, timings, summary, forced, reused_figures)
-    code = report_training(args, result, index)
+    out = Path(args.out) if getattr(args, "out", None) else None
+    crash = None
+    with run_folder(Path(args.report_dir), out, existing) as run:
+        started = time.perf_counter()
+        result = None
+        try:
+            result = fit(pipeline, run.path, resume=existing is not None, quiet=args.quiet)
+            evaluation = evaluate_trained(pipeline, result)
+        except (KeyboardInterrupt, Exception) as err:
+            if existing is not None and result is None and not isinstance(err, KeyboardInterrupt):
+                raise  # e.g. a checkpoint from another config: the run folder keeps its earlier report
+            crash = None if isinstance(err, KeyboardInterrupt) else err
+            result, evaluation = _stopped(result, err, run.path), Evaluation()
+        training_s = time.perf_counter() - started
+        summary = training_summary(pipeline, result, evaluation)
+        timings = _timings(args, checks_s=preflight.checks_s, training_s=training_s)
+        with finish_before_ctrl_c():
+            write_run_report(run.path, preflight, pipeline, timings, summary, forced, reused_figures)
+    if crash is not None:
+        raise crash
+    code = report_training(args, result, run.final / INDEX_NAME)
     return EXIT_FAILED if forced and code == EXIT_OK else code  # trained, but the checks did fail
+
+
+def _stopped(result, err: BaseException, run_dir: Path):
+    """The FitResult of a run that `fit` did not see to its end (Ctrl-C or a crash outside its epochs)."""
+    from recipe.train import CHECKPOINT_NAME, FitResult
+
+    what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"crashed ({type(err).__name__}: {err})"
+    when = "while evaluating the trained model" if result is not None else "during training"
+    kept = "the last checkpoint is kept" if (run_dir / CHECKPOINT_NAME).is_file() else "no checkpoint was saved"
+    stopped = result if result is not None else FitResult(model=None)
+    stopped.stopped, stopped.test = f"{what} {when}; {kept}", None
+    return stopped
 
 
 def report_training(args: argparse.Namespace, result, index: Path) -> int:
@@ -277,6 +396,20 @@ def report_training(args: argparse.Namespace, result, index: Path) -> int:
     print(f"val accuracy {last['val_accuracy']:.4f}, test accuracy {result.test['accuracy']:.4f}; "
           f"report: {index}")
     return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Exit 0 when no verdict got worse from RUN_A to RUN_B, 1 when one did: usable as a CI gate."""
+    from checks.report.diff import compare, format_diff, resolve_run
+    from checks.report.render import read_record
+
+    report_dir = Path(args.report_dir)
+    a_dir, b_dir = resolve_run(args.run_a, report_dir), resolve_run(args.run_b, report_dir)
+    a, b = read_record(a_dir), read_record(b_dir)
+    diff = compare(a, b, a_dir, b_dir, args.noise)
+    text = format_diff(diff, a, b)
+    print(text.splitlines()[-1] if args.quiet else text)
+    return EXIT_FAILED if diff.got_worse else EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -290,17 +423,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"check": cmd_check, "train": cmd_train, "run": cmd_run, "report": cmd_report}
+COMMANDS = {"check": cmd_check, "train": cmd_train, "run": cmd_run, "report": cmd_report, "diff": cmd_diff}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser(light=not set(argv) & {"check", "train", "run"})
+        if not argv:  # what a newcomer types first: show what there is
+            parser.print_help()
+            return EXIT_USAGE
+        args, extras = parser.parse_known_args(argv)
+        if args.command is None:
+            raise RecipeError("no command given; choose one of " + ", ".join(COMMANDS) + " (see `recipe --help`)")
+        if extras:
+            raise RecipeError(f"{suggest_flags(extras, args.command, build_parser().commands)} "
+                              f"(see `recipe {args.command} --help`)")
         args.started = STARTED
-        set_threads(getattr(args, "threads", 1))
+        if hasattr(args, "threads"):
+            set_threads(args.threads)
         return COMMANDS[args.command](args)
+    except SystemExit as done:  # --help and --version
+        return done.code if isinstance(done.code, int) else EXIT_OK
     except RecipeError as err:
         if debug:
             raise

@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any
 
 Option = tuple[str, dict[str, Any]]
+REPORT_DIR: Option = ("--report-dir", {"default": "reports", "help": "where run folders go (default: ./reports)"})
 
 
 def data_options() -> list[Option]:
@@ -19,7 +20,7 @@ def data_options() -> list[Option]:
         ("--data-dir", {"default": "data", "help": "folder with the IDX files (default: ./data)"}),
         ("--no-download", {"action": "store_true", "help": "never try to download data"}),
         ("--device", {"default": "cpu", "help": "cpu, cuda or auto (default: cpu)"}),
-        ("--report-dir", {"default": "reports", "help": "where run folders go (default: ./reports)"}),
+        REPORT_DIR,
         ("--threads", {"type": int, "default": 1, "help": "CPU threads for torch (default 1: the models are tiny, "
                                                           "and extra threads only add overhead, ~100x on a busy "
                                                           "2-core machine)"}),

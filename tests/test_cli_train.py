@@ -163,9 +163,10 @@ def test_ctrl_c_keeps_checkpoint_and_resume_is_bit_identical(gated_run, tmp_path
     child = subprocess.Popen([PYTHON, "-m", "recipe.cli", "train", *common, "--epochs", "100000",
                               "--out", str(interrupted)], cwd=tmp_path, env=env, preexec_fn=default_sigint,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writing = tmp_path / f".{interrupted.name}.partial"  # the run stays hidden until its report is complete
     try:
         deadline = time.monotonic() + 180
-        while not (interrupted / CHECKPOINT_NAME).exists():
+        while not (writing / CHECKPOINT_NAME).exists():
             assert child.poll() is None, f"child exited early: {child.communicate()}"
             assert time.monotonic() < deadline, "no checkpoint after 180 s"
             time.sleep(0.01)
@@ -177,6 +178,7 @@ def test_ctrl_c_keeps_checkpoint_and_resume_is_bit_identical(gated_run, tmp_path
             child.wait()
     assert child.returncode == 130, err
     assert "recipe: training stopped: interrupted during epoch" in err and "Traceback" not in err
+    assert not writing.exists() and (interrupted / "results.json").is_file()  # published whole, with its report
     done = torch.load(interrupted / CHECKPOINT_NAME, weights_only=True)["epochs_done"]
     assert 1 <= done < 100000
     # the checkpoint is written before metrics.csv, so Ctrl-C between the two leaves metrics one behind

@@ -42,7 +42,22 @@ def test_recipe_run_report_renders_in_chromium(tmp_path: Path, capsys):
             widths = page.evaluate("Array.from(document.images).map(img => img.complete ? img.naturalWidth : 0)")
             assert len(widths) >= 10 and min(widths) > 0
             assert page.locator("#training").is_visible()
+            score = page.locator("header.banner .score").inner_text()
+            assert f"test accuracy {100 * record['training']['test_accuracy']:.1f}%" in score
+            page.locator('table.summary a[href="#loss_at_init"]').click()
+            assert page.evaluate("location.hash") == "#loss_at_init"
+            assert page.locator("section#loss_at_init").is_visible()
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+
+            page.set_viewport_size({"width": 700, "height": 900})  # half a laptop screen
+            assert page.evaluate("document.documentElement.scrollWidth") <= 700, "the page scrolls sideways"
+            box = page.locator("#summary .scroll").last  # the check table's box scrolls what does not fit
+            assert box.evaluate("el => el.scrollWidth <= el.clientWidth"), "the time column is cut off"
+            right = box.evaluate("el => el.getBoundingClientRect().right")
+            rights = page.evaluate("Array.from(document.querySelectorAll('#summary table.summary tr > :last-child'))"
+                                   ".map(cell => cell.getBoundingClientRect().right)")
+            assert len(rights) >= len(record["checks"]) + 1 and max(rights) <= right + 0.5
+            page.screenshot(path=str(tmp_path / "report-700.png"), full_page=True)
         finally:
             browser.close()
     assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -27,6 +27,7 @@ DPI = 80
 WIDTH_IN = 6.4        # 512 px at DPI 80: fits the report column without scaling
 IMAGES_WIDTH_IN = 8.0  # image grids get more room so captions stay legible
 MAX_IMAGES = 48       # an images figure is a glance, not a data dump
+MAX_ROWS = 26         # ...but a grid with one row per class keeps every class up to this many
 MAX_ANNOTATED_CELLS = 20 * 20
 STYLE = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "axes.spines.top": False,
          "axes.spines.right": False, "savefig.dpi": DPI}
@@ -41,51 +42,100 @@ def render_png(figure: Figure) -> bytes:
         fig = draw(figure.data)
         if figure.title:
             fig.suptitle(_wrap(figure.title, 80), fontsize=10)
-        fig.tight_layout()
+        canvas = FigureCanvasAgg(fig)  # before tight_layout: it measures text with the renderer that draws
+        if figure.kind not in _PLACED:
+            fig.tight_layout()
         buffer = io.BytesIO()
-        FigureCanvasAgg(fig).print_png(buffer)
+        canvas.print_png(buffer)
     return buffer.getvalue()
 
 
 # ---------------------------------------------------------------- the kinds
 
 def _images(data: dict[str, Any]) -> MplFigure:
+    """All images as one mosaic on one Axes (one imshow, not one Axes per image: 5-10x faster to draw).
+
+    `ncols` (optional) fixes the columns: a figure with one row per class passes its examples per
+    class, and when every caption in a row is the same (the class name) it is written once, at the
+    row's left. Such a grid keeps every row up to MAX_ROWS; any other grid keeps MAX_IMAGES images.
+    A grid that had to be cut says so under it.
+    """
     images = _array(data["images"], "images")
-    if images.ndim == 4 and images.shape[1] == 3:  # (N, 3, H, W) colour -> (N, H, W, 3) for imshow
+    if images.ndim == 4 and images.shape[1] == 3:  # (N, 3, H, W) colour -> (N, H, W, 3)
         images = images.transpose(0, 2, 3, 1)
     elif images.ndim == 4:  # (N, 1, H, W), or channels that are not colours: the first one, in grey
         images = images[:, 0]
     if images.ndim not in (3, 4) or len(images) == 0:
         raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got shape {images.shape}")
-    images = images[:MAX_IMAGES]
-    captions = [str(c) for c in data.get("captions", [])][:len(images)]
+    total = len(images)
+    fixed = int(data.get("ncols") or 0)
+    cols = fixed if fixed > 0 else _grid_columns(min(total, MAX_IMAGES))
+    images = images[:cols * MAX_ROWS if fixed > 0 else MAX_IMAGES]
+    n, rows = len(images), -(-len(images) // cols)
+    captions = [str(c) for c in data.get("captions", [])][:n]
+    row_labels = _row_labels(captions, cols, rows) if fixed > 0 else None
+    cell_captions = captions if captions and row_labels is None else []
+    height, width = images.shape[1:3]
+    pad = max(1, round(0.08 * max(height, width)))
+    cell_w, cell_h = width + pad, height + pad                        # one tile and its gap, in image pixels
+    scale = min(0.8 if fixed > 0 else 1.4, IMAGES_WIDTH_IN / cols) / cell_w  # inches per image pixel
+    caption_lines = max((_wrap(c, 18).count("\n") + 1 for c in cell_captions), default=0)
+    caption_h = int(np.ceil(0.16 * caption_lines / scale))            # caption band above each tile
+    row_h = cell_h + caption_h
+    label_in = 0.15 + 0.075 * max(min(len(label), 16) for label in row_labels) if row_labels else 0.0
+    title_in, note_in = 0.45, (0.25 if n < total else 0.0)
+    grid_w_in, grid_h_in = cols * cell_w * scale, rows * row_h * scale
+    fig = MplFigure(figsize=(grid_w_in + label_in, grid_h_in + title_in + note_in), dpi=DPI)
+    fig_w, fig_h = fig.get_size_inches()
+    ax = fig.add_axes((label_in / fig_w, note_in / fig_h, grid_w_in / fig_w, grid_h_in / fig_h))
+    ax.set_axis_off()
+
+    rgb = images.ndim == 4
+    canvas = np.full((rows * row_h, cols * cell_w) + ((3,) if rgb else ()), 1.0 if rgb else np.nan)
     signed = data.get("cmap", "gray") == "signed"
-    cols = _grid_columns(len(images))
-    rows = -(-len(images) // cols)
-    cell = min(1.4, IMAGES_WIDTH_IN / cols)
-    fig = MplFigure(figsize=(cell * cols, (cell + (0.3 if captions else 0.05)) * rows + 0.4), dpi=DPI)
     for i, image in enumerate(images):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        image = image.astype(float)
-        if image.ndim == 3:  # colour: uint8 0..255 or float [0, 1]; signed weights stretched per image
-            if signed:
-                low, high = float(np.nanmin(image)), float(np.nanmax(image))
-                image = (image - low) / ((high - low) or 1.0)
-            elif np.nanmax(image) > 1.0:
-                image = image / 255.0
-            ax.imshow(np.clip(image, 0.0, 1.0), interpolation="nearest")
-        elif signed:  # centred at 0, per image: red pushes the score up, blue pushes it down
-            limit = float(np.nanmax(np.abs(image))) or 1.0
-            ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-        else:
-            ax.imshow(image, cmap="gray", interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        if i < len(captions):
-            ax.set_title(_wrap(captions[i], 18), fontsize=8)
+        top, left = (i // cols) * row_h + caption_h + pad // 2, (i % cols) * cell_w + pad // 2
+        canvas[top:top + height, left:left + width] = _scaled(image.astype(float), signed, rgb)
+        if i < len(cell_captions):
+            ax.text(left + width / 2, top - 0.5, _wrap(cell_captions[i], 18), ha="center", va="bottom", fontsize=8)
+    if rgb:
+        ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    elif signed:  # centred at 0, per image: red pushes the score up, blue pushes it down
+        ax.imshow(canvas, cmap=matplotlib.colormaps["RdBu_r"].with_extremes(bad="white"), vmin=-1, vmax=1,
+                  interpolation="nearest", aspect="auto")
+    else:
+        ax.imshow(canvas, cmap=matplotlib.colormaps["gray"].with_extremes(bad="white"), vmin=0, vmax=1,
+                  interpolation="nearest", aspect="auto")
+    for r, label in enumerate(row_labels or []):
+        ax.text(-pad, r * row_h + caption_h + cell_h / 2, _wrap(label, 16), ha="right", va="center", fontsize=8)
+    if n < total:
+        fig.text(0.5, 0.02, f"the first {n} of {total} images", ha="center", va="bottom", fontsize=8)
     return fig
+
+
+def _scaled(image: np.ndarray, signed: bool, rgb: bool) -> np.ndarray:
+    """One image in its colour map's range, scaled on its own (as when each image had its own Axes)."""
+    low, high = float(np.nanmin(image)), float(np.nanmax(image))
+    if rgb:  # uint8 0..255 or float [0, 1]; signed weights stretched per image
+        if signed:
+            return (image - low) / ((high - low) or 1.0)
+        return np.clip(image / 255.0 if high > 1.0 else image, 0.0, 1.0)
+    if signed:  # centred at 0: -1..1 for the RdBu map
+        return image / (max(abs(low), abs(high)) or 1.0)
+    return (image - low) / (high - low) if high > low else np.zeros_like(image)
+
+
+def _row_labels(captions: list[str], cols: int, rows: int) -> list[str] | None:
+    """One label per row when every caption in each row is the same (a class name), else None."""
+    if len(captions) < (rows - 1) * cols + 1:
+        return None
+    labels = []
+    for r in range(rows):
+        row = captions[r * cols:(r + 1) * cols]
+        if len(set(row)) != 1:
+            return None
+        labels.append(row[0])
+    return labels
 
 
 def _lines(data: dict[str, Any]) -> MplFigure:
@@ -170,11 +220,12 @@ def _matrix(data: dict[str, Any]) -> MplFigure:
         top = np.nanmax(values) if values.size else 0
         for (r, c), v in np.ndenumerate(values):
             text = f"{v:.0f}" if float(v).is_integer() else f"{v:.2g}"
-            ax.text(c, r, text, ha="center", va="center", fontsize=6,
-                    color="white" if top and v > 0.6 * top else "black")
+            ax.text(c, r, text, ha="center", va="center", fontsize=6, in_layout=False,  # inside the axes:
+                    color="white" if top and v > 0.6 * top else "black")        # not measured by tight_layout
     return fig
 
 
+_PLACED = {"images"}  # kinds that place their own Axes (tight_layout would fight them, and costs a draw)
 _DRAWERS = {"images": _images, "lines": _lines, "bars": _bars, "histogram": _histogram, "matrix": _matrix}
 
 

@@ -51,7 +51,7 @@ REQUIRED_KEYS = ("schema_version", "overall", "created_utc", "command", "forced"
                  "data", "config", "environment", "timings", "checks", "training")
 
 # How each verdict reads without colour: a word and a symbol.
-SYMBOLS = {"PASS": "✓", "WARN": "⚠", "FAIL": "✗", "ERROR": "✗", "SKIP": "–"}
+SYMBOLS = {"PASS": "✓", "WARN": "⚠", "FAIL": "✗", "ERROR": "✗", "SKIP": "–", "N/A": "∅"}
 
 
 # ---------------------------------------------------------------- building the record
@@ -167,8 +167,8 @@ def write_report(run_dir: Path, record: dict, figures: dict[str, list[Figure]],
     return atomic_write_text(run_dir / INDEX_NAME, render_html(stored_record, stored_figures))
 
 
-def rerender(run_dir: Path) -> Path:
-    """Rebuild index.html from the stored results.json and figures.json alone (`recipe report`)."""
+def read_record(run_dir: Path) -> dict:
+    """A run's stored results.json, checked to be one this tool wrote (else a one-line RecipeError)."""
     run_dir = Path(run_dir)
     record = _read_json(run_dir / RESULTS_NAME, "run `recipe check` or `recipe run` to make one")
     if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
@@ -176,6 +176,13 @@ def rerender(run_dir: Path) -> Path:
     missing = [key for key in REQUIRED_KEYS if key not in record]
     if missing:
         raise RecipeError(f"{run_dir / RESULTS_NAME} lacks {', '.join(missing)}; was it written by this tool?")
+    return record
+
+
+def rerender(run_dir: Path) -> Path:
+    """Rebuild index.html from the stored results.json and figures.json alone (`recipe report`)."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
     notice = None
     if (run_dir / FIGURES_NAME).exists():
         figures = _read_json(run_dir / FIGURES_NAME, "")
@@ -242,6 +249,8 @@ def render_html(record: dict, figures: Mapping[str, list[dict]], notice: str | N
         "notice": notice,
         "symbols": SYMBOLS,
         "training": training,
+        # the lab's questions are about handwritten digits: asked only when the data is digits
+        "digits": (record.get("data") or {}).get("source") in ("mnist", "sample"),
     }
     return _environment().get_template(TEMPLATE_NAME).render(**view)
 
@@ -294,7 +303,7 @@ def number(value: Any) -> str:
 
 
 def _counts(checks: list[Mapping[str, Any]]) -> list[tuple[str, int]]:
-    order = ["PASS", "WARN", "FAIL", "ERROR", "SKIP"]
+    order = ["PASS", "WARN", "FAIL", "ERROR", "SKIP", "N/A"]
     tally = {v: sum(1 for c in checks if c.get("verdict") == v) for v in order}
     return [(v, n) for v, n in tally.items() if n]
 

@@ -1,0 +1,98 @@
+"""Part `startup`: `recipe check` as a user times it, the whole command in a fresh process, against
+the floor every torch program pays.
+
+Floors: `python -c "import torch"`, and torch plus one optimizer built, because the first
+`torch.optim.Optimizer` imports `torch._dynamo` (torch/_compile.py wraps `add_param_group` in
+`_disable_dynamo`), which costs as much again as torch itself, and any pipeline that trains pays it.
+The split of each run comes from its results.json: data load and checks as recorded; the rest is
+interpreter start, imports and writing the report (drawing the figures).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.measure import Row, median
+
+TARGETS_S = {"sample": 3.0, "fashion-mnist": 5.0}
+FLOORS = {"python -c 'import torch'": "import torch",
+          "import torch + first optimizer (imports torch._dynamo)":
+              "import torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def _wall(argv: list[str], cwd: Path) -> tuple[float, int]:
+    """(wall seconds, exit code) of one child; its CPU seconds go to CPU_S (less hit by a busy machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_S.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return wall, done.returncode
+
+
+CPU_S: list[float] = []  # CPU seconds of each child, in the order they ran
+
+
+def check_once(data: str, cwd: Path) -> tuple[float, int, dict]:
+    with tempfile.TemporaryDirectory() as reports:
+        seconds, code = _wall([sys.executable, "-m", "recipe.cli", "check", "--data", data, "--no-download",
+                               "--quiet", "--report-dir", reports], cwd)
+        found = sorted(Path(reports).glob("2*/results.json"))
+        timings = json.loads(found[-1].read_text())["timings"] if found else {}
+    return seconds, code, timings
+
+
+def _cpu() -> str:
+    return f"{median(CPU_S):.2f} s" if CPU_S else "?"
+
+
+def fashion_available() -> bool:
+    from recipe.data import _find_fashion
+
+    return _find_fashion(Path("data")) is not None
+
+
+def run(repeats: int) -> dict:
+    rows, raw = [], {}
+    with tempfile.TemporaryDirectory() as cwd:
+        for name, code in FLOORS.items():
+            del CPU_S[:]
+            walls = [_wall([sys.executable, "-c", code], Path(cwd))[0] for _ in range(repeats)]
+            raw[name] = walls
+            rows.append(Row("startup", name, median(walls), "s", note=f"floor; CPU {_cpu()}"))
+        floor = raw[next(iter(FLOORS))]
+        del CPU_S[:]
+        cli = [_wall([sys.executable, "-m", "recipe.cli", "--help"], Path(cwd))[0] for _ in range(repeats)]
+        rows.append(Row("startup", "recipe --help (imports no torch)", median(cli), "s", note=f"CPU {_cpu()}"))
+        for data, target in TARGETS_S.items():
+            if data == "fashion-mnist" and not fashion_available():
+                rows.append(Row("startup", f"recipe check --data {data}", None, "s", note="skipped: no files"))
+                continue
+            del CPU_S[:]
+            runs = [check_once(data, Path(cwd)) for _ in range(repeats)]
+            raw[data] = [{"wall_s": s, "exit": c, "timings": t} for s, c, t in runs]
+            wall = median([s for s, _, _ in runs])
+            seconds, _, timings = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+            recorded = {k: timings.get(k) or 0.0 for k in ("data_load_s", "checks_s")}
+            rest = seconds - sum(recorded.values())
+            rows.append(Row("startup", f"recipe check --data {data} (whole command)", wall, "s",
+                            ratio=wall / median(floor), target=f"<= {target:g} s", met=wall <= target,
+                            note=f"CPU {_cpu()}; exit codes {[c for _, c, _ in runs]}; ratio: x import torch"))
+            rows.append(Row("startup", "  data load (recorded)", recorded["data_load_s"], "s"))
+            rows.append(Row("startup", "  checks (recorded)", recorded["checks_s"], "s"))
+            rows.append(Row("startup", "  the rest: interpreter, imports, report", rest, "s"))
+    return {"rows": rows, "raw": raw}

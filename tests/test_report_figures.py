@@ -1,0 +1,51 @@
+"""Image grids: every class gets its row, a cut grid is a cut of whole images, colour images draw."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from checks.report.figures import MAX_IMAGES, render_png
+from checks.result import Figure
+
+
+def tile_rows(png: bytes) -> int:
+    """Rows of (all-black) tiles in a drawn grid: runs of dark pixels down the column with the most ink."""
+    pixels = imread(io.BytesIO(png))[..., :3].mean(axis=2)  # (H, W), 0 black .. 1 white
+    dark = pixels < 0.2
+    column = dark[:, dark.sum(axis=0).argmax()]
+    edges = np.flatnonzero(np.diff(np.r_[0, column.astype(int), 0]))
+    runs = edges[1::2] - edges[::2]
+    return int((runs >= 20).sum())  # tiles are tens of pixels tall; title and caption strokes are short
+
+
+def black_images(n: int, shape=(28, 28)) -> np.ndarray:
+    return np.zeros((n, *shape), dtype=np.uint8)
+
+
+def test_one_row_per_class_keeps_every_class():
+    per_class, classes = 8, 10
+    captions = [str(c) for c in range(classes) for _ in range(per_class)]
+    figure = Figure("images", "8 training examples per class",
+                    {"images": black_images(per_class * classes), "captions": captions, "ncols": per_class})
+    assert per_class * classes > MAX_IMAGES  # the old cut dropped classes 6-9
+    assert tile_rows(render_png(figure)) == classes
+
+
+def test_a_plain_grid_is_cut_to_whole_rows_of_the_first_images():
+    figure = Figure("images", "many", {"images": black_images(60), "captions": [f"#{i}" for i in range(60)]})
+    assert tile_rows(render_png(figure)) == MAX_IMAGES // 8
+
+
+@pytest.mark.parametrize("shape", [(100, 1, 28, 28), (12, 3, 32, 32), (5, 2, 20, 30)])
+def test_channel_first_images_draw(shape):
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    png = render_png(Figure("images", "batch", {"images": images}))
+    assert png.startswith(b"\x89PNG")
+
+
+def test_a_wrong_image_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"images must be \(N, H, W\)"):
+        render_png(Figure("images", "bad", {"images": np.zeros((4, 28))}))
