@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from checks.result import CheckResult, Figure, Verdict, measured
+from checks.result import CheckResult, Figure, measured, not_applicable
 from checks.sampling import denormalise, generator, stacked
 from recipe.pipeline import Pipeline
 
@@ -26,8 +26,8 @@ def augmentation_consistency(pipeline: Pipeline, min_class_ratio: float = 0.35, 
     Catches: flips or large rotations of digits (6 <-> 9, mirrored 3), crops that cut the object away.
     """
     if pipeline.augment is None:
-        return CheckResult("augmentation_consistency", STAGE, Verdict.PASS, None, None, "",
-                           "augmentation off: nothing to check (the recipe's 'simplify' default).")
+        return not_applicable("augmentation_consistency", STAGE,
+                              "augmentation is off: nothing to check (the recipe's 'simplify' default).")
     x_train, y_train, _ = stacked(pipeline, "train", 8000)
     images = lambda x: x.float().reshape(len(x), -1, *pipeline.data.train.images.shape[-2:])
     torch.manual_seed(pipeline.config.seed)
@@ -62,8 +62,9 @@ def augmentation_consistency(pipeline: Pipeline, min_class_ratio: float = 0.35, 
                               1).reshape(16, *pipeline.data.train.images.shape[1:]).clamp(0, 1).cpu().numpy(),
         "captions": [f"{names[int(c)]} {kind}" for c in y[:8].tolist() for kind in ("clean", "aug")], "ncols": 8})
     if not ratios:
-        return CheckResult("augmentation_consistency", STAGE, Verdict.PASS, None, None, "",
-                           "the augmentation changed (almost) no val image: it is effectively off.", figures=[pairs])
+        return not_applicable("augmentation_consistency", STAGE,
+                              "the augmentation changed (almost) no val image: it is effectively off.",
+                              figures=[pairs])
     worst, worst_class = min(ratios)
     overall = right_aug[changed].float().mean().item() / max(right_clean[changed].float().mean().item(), 1e-6)
     ok = (f"augmented images keep their class: a reference CNN trained on clean images keeps {overall:.0%} of its "

@@ -18,7 +18,7 @@ import math
 import torch
 
 from checks.data_checks import image_hashes
-from checks.result import CheckResult, Figure, Verdict, measured
+from checks.result import CheckResult, Figure, measured, not_applicable
 from recipe.data import Split
 from recipe.pipeline import Pipeline
 
@@ -81,9 +81,9 @@ def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, m
     reference = Split(reference_images[keep], reference_labels[keep])
     held, reference = (_unseen(split, fit) for split in (held, reference))  # leaked copies would flatter the probe
     if min(len(held), len(reference)) < min_scored or len(fit) < 10 * data.num_classes:
-        return CheckResult("label_agreement", STAGE, Verdict.SKIP, None, None, "",
-                           f"too few examples to compare label quality ({len(fit)} to fit the probe, {len(held)} "
-                           f"held-out train, {len(reference)} val + test; need {min_scored} of each scored)")
+        return not_applicable("label_agreement", STAGE,
+                              f"too few examples to compare label quality ({len(fit)} to fit the probe, {len(held)} "
+                              f"held-out train, {len(reference)} val + test; need {min_scored} of each scored)")
     weights = fit_ridge_probe(fit, data.num_classes)
     scores = {name: _features(split.images) @ weights for name, split in (("train", held), ("reference", reference))}
     wrong = {name: scores[name].argmax(1) != split.labels
@@ -135,10 +135,10 @@ def label_noise(pipeline: Pipeline, max_floor: float = 0.01, quantile: float = 0
     counts = torch.bincount(held.labels.long(), minlength=num_classes)
     rows = torch.nonzero(counts >= min_per_class).flatten()
     if num_classes < min_classes or len(rows) < min_classes or len(fit) < 10 * num_classes:
-        return CheckResult("label_noise", STAGE, Verdict.SKIP, None, None, "",
-                           f"needs {min_classes}+ classes with {min_per_class}+ held-out train examples each "
-                           f"(have {len(rows)} of {num_classes} classes): with fewer, every pair of classes may "
-                           "be genuinely confusable")
+        return not_applicable("label_noise", STAGE,
+                              f"needs {min_classes}+ classes with {min_per_class}+ held-out train examples each "
+                              f"(have {len(rows)} of {num_classes} classes): with fewer, every pair of classes may "
+                              "be genuinely confusable")
     scores = _features(held.images) @ fit_ridge_probe(fit, num_classes)
     predicted = scores.argmax(1)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)  # (given label, probe's class)

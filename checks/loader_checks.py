@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from checks.result import CheckResult, Figure, Verdict
+from checks.result import CheckResult, Figure, Verdict, holds, not_applicable
 from checks.sampling import capture_model_input, denormalise, first_batches, generator
 from recipe.pipeline import Pipeline
 
@@ -22,6 +22,12 @@ def what_goes_into_the_net(pipeline: Pipeline) -> CheckResult:
     that were never normalised.
     """
     x, y, _ = capture_model_input(pipeline)
+    if x is None:
+        return not_applicable("what_goes_into_the_net", STAGE,
+                              "no module of the model was called with a tensor during a train step, so its input "
+                              "cannot be captured: the step runs the model through something forward hooks do not "
+                              "see (torch.func, a compiled or scripted graph). gradient_flow still checks that the "
+                              "step trains the model.")
     xf = x.float()
     finite = torch.isfinite(xf)
     stats = {"shape": list(x.shape), "dtype": str(x.dtype), "device": str(x.device),
@@ -146,20 +152,25 @@ def batch_sampling(pipeline: Pipeline, min_mixing: float = 0.5) -> CheckResult:
     counts = torch.bincount(labels, minlength=classes).double() / n
     expected = (1 - (1 - counts) ** size).sum().item()  # distinct classes in a random batch of that size
     mixing = sum(distinct) / len(distinct) / expected
-    problems = []
-    if coverage < 0.99 or len(order) > 1.01 * n:
-        problems.append(f"one epoch yields {len(order)} examples covering {coverage:.1%} of the {n} train examples: "
-                        "the loader returns the same batch every time or repeats/skips examples")
-    if abs(rank_corr) > 0.9:
-        problems.append(f"batches come in index order (correlation of position and index {rank_corr:.2f}): "
-                        "the loader is never shuffled")
-    if mixing < min_mixing:
-        problems.append(f"batches hold {sum(distinct) / len(distinct):.1f} distinct classes on average where a "
-                        f"shuffled batch of {size} holds {expected:.1f}: the data is sorted by class and not shuffled")
-    details = {"coverage": coverage, "index_order_correlation": rank_corr, "class_mixing": mixing}
+    repeats = len(order) / n
+    # (value, threshold, comparison, problem) per criterion; the first one missed is the one shown.
+    criteria = [
+        (coverage, 0.99, ">=", f"one epoch yields {len(order)} examples covering {coverage:.1%} of the {n} train "
+         "examples: the loader returns the same batch every time or repeats/skips examples"),
+        (repeats, 1.01, "<=", f"one epoch yields {len(order)} examples for {n} train examples ({repeats:.2f}x): "
+         "the loader repeats examples within an epoch"),
+        (abs(rank_corr), 0.9, "<=", f"batches come in index order (correlation of position and index "
+         f"{rank_corr:.2f}): the loader is never shuffled"),
+        (mixing, min_mixing, ">=", f"batches hold {sum(distinct) / len(distinct):.1f} distinct classes on average "
+         f"where a shuffled batch of {size} holds {expected:.1f}: the data is sorted by class and not shuffled"),
+    ]
+    missed = [c for c in criteria if not holds(c[0], c[2], c[1])]
+    problems = list(dict.fromkeys(c[3] for c in missed))  # same batch every time misses coverage and repeats
+    details = {"coverage": coverage, "index_order_correlation": rank_corr, "class_mixing": mixing,
+               "examples_per_epoch_ratio": repeats}
     message = (f"one epoch covers {coverage:.1%} of train once, in shuffled order (position/index correlation "
                f"{rank_corr:.2f}), with {mixing:.0%} of the class mixing of random batches." if not problems
                else "; ".join(problems) + ".")
-    value = min(coverage, mixing)
-    return CheckResult("batch_sampling", STAGE, Verdict.FAIL if problems else Verdict.PASS, value, min_mixing, ">=",
-                       message, details=details)
+    value, threshold, comparison, _ = missed[0] if missed else criteria[-1]
+    return CheckResult("batch_sampling", STAGE, Verdict.FAIL if problems else Verdict.PASS, value, threshold,
+                       comparison, message, details=details)

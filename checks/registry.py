@@ -4,6 +4,7 @@ from __future__ import annotations
 from checks import augmentation_checks as augmentation
 from checks import baseline_checks as baselines
 from checks import data_checks as data
+from checks import gradient_checks as gradients
 from checks import label_checks as labels
 from checks import loader_checks as loader
 from checks import loop_checks as loop
@@ -15,7 +16,7 @@ CHECKS_BY_STAGE = {
              labels.label_noise],
     "skeleton": [loop.fit_dry_run, skeleton.determinism, loader.what_goes_into_the_net, loader.label_pairing,
                  loader.batch_sampling, augmentation.augmentation_consistency, skeleton.output_sanity,
-                 skeleton.loss_at_init, skeleton.batch_independence, skeleton.gradient_flow],
+                 skeleton.loss_at_init, skeleton.batch_independence, gradients.gradient_flow],
     "baselines": [baselines.input_independent_baseline, baselines.overfit_one_batch,
                   baselines.training_loss_decreases, baselines.prediction_dynamics],
 }

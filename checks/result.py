@@ -20,10 +20,12 @@ class Verdict(str, Enum):
     FAIL = "FAIL"
     ERROR = "ERROR"  # the check itself crashed
     SKIP = "SKIP"    # blocked by an earlier stage
+    NA = "N/A"       # the check does not apply to this pipeline (e.g. augmentation is off)
 
     @property
     def severity(self) -> int:
-        return {"PASS": 0, "SKIP": 1, "WARN": 2, "FAIL": 3, "ERROR": 4}[self.value]
+        # N/A ranks below PASS: a check that does not apply must not turn an all-PASS run into "N/A".
+        return {"N/A": -1, "PASS": 0, "SKIP": 1, "WARN": 2, "FAIL": 3, "ERROR": 4}[self.value]
 
     @property
     def blocks(self) -> bool:
@@ -67,17 +69,36 @@ class CheckResult:
         return row
 
 
-def measured(name: str, stage: str, value: float, threshold: float, comparison: str, ok_message: str,
-             fail_message: str, *, warn: bool = False, **extra: Any) -> CheckResult:
-    """A result whose verdict follows from `value <comparison> threshold`.
+def holds(value: float, comparison: str, threshold: float) -> bool:
+    """Whether `value <comparison> threshold` (NaN never holds)."""
+    return {"<=": value <= threshold, ">=": value >= threshold, "<": value < threshold,
+            ">": value > threshold, "==": value == threshold}[comparison]
 
-    `warn=True` turns a miss into WARN instead of FAIL (for soft expectations).
+
+def measured(name: str, stage: str, value: float, threshold: float, comparison: str, ok_message: str,
+             fail_message: str, *, warn_threshold: float | None = None, warn_message: str = "",
+             **extra: Any) -> CheckResult:
+    """A result whose verdict follows from `value <comparison> threshold`: PASS when it holds, FAIL when not.
+
+    The rule every result keeps (tests/test_verdicts.py): the shown comparison holds exactly when
+    the verdict does not block. `warn_threshold`, a stricter limit on the same side, turns a value
+    that meets `threshold` but not `warn_threshold` into WARN; the shown threshold stays the
+    blocking one, and the crossed soft limit goes into `details["warn_threshold"]` and the message.
     """
-    passed = {"<=": value <= threshold, ">=": value >= threshold, "<": value < threshold,
-              ">": value > threshold, "==": value == threshold}[comparison]
-    verdict = Verdict.PASS if passed else (Verdict.WARN if warn else Verdict.FAIL)
-    return CheckResult(name, stage, verdict, float(value), float(threshold), comparison,
-                       ok_message if passed else fail_message, **extra)
+    if not holds(value, comparison, threshold):
+        verdict, message = Verdict.FAIL, fail_message
+    elif warn_threshold is not None and not holds(value, comparison, warn_threshold):
+        verdict, message = Verdict.WARN, warn_message
+    else:
+        verdict, message = Verdict.PASS, ok_message
+    if warn_threshold is not None:
+        extra["details"] = {**extra.get("details", {}), "warn_threshold": warn_threshold}
+    return CheckResult(name, stage, verdict, float(value), float(threshold), comparison, message, **extra)
+
+
+def not_applicable(name: str, stage: str, why: str, **extra: Any) -> CheckResult:
+    """N/A: the check has nothing to judge on this pipeline (not a PASS, and never blocking)."""
+    return CheckResult(name, stage, Verdict.NA, None, None, "", why, **extra)
 
 
 def worst(verdicts) -> Verdict:

@@ -5,6 +5,7 @@ Nothing here keeps state between calls; every random draw is seeded from the pip
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -42,27 +43,33 @@ def fresh_model(pipeline: Pipeline, offset: int = 0) -> nn.Module:
     return pipeline.make_model()
 
 
-def capture_model_input(pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
-    """Run one real training step and return (x exactly as `model(x)` received it, y, model).
+def capture_model_input(pipeline: Pipeline) -> tuple[torch.Tensor | None, torch.Tensor, nn.Module]:
+    """Run one real training step and return (x as the model received it, y, model).
 
-    A forward pre-hook records the first call's input, so whatever the user's batches, augmentation
-    and train_step do to the data is included.
+    Forward pre-hooks on *every* module record the first tensor a module is called with, so the
+    capture works whether the step calls `model(x)` (the root's hook fires first) or calls its
+    submodules itself (`model.head(model.features(x))`), and whatever the batches, augmentation and
+    step did to the data is included. x is None when no module of the model was called with a
+    tensor during the step (it runs the model through something hooks cannot see).
     """
     model = fresh_model(pipeline)
     optimizer, _ = training_objects(pipeline, model)
     batch = first_batches(pipeline, "train", 1, augment=pipeline.augment is not None)[0]
     seen: list[torch.Tensor] = []
 
-    def hook(module, args):
+    def hook(module, args, kwargs):
         if not seen:
-            seen.append(args[0].detach().clone())
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if tensors:
+                seen.append(tensors[0].detach().clone())
 
-    handle = model.register_forward_pre_hook(hook)
+    handles = [module.register_forward_pre_hook(hook, with_kwargs=True) for module in model.modules()]
     try:
         take_step(pipeline, model, optimizer, batch.x, batch.y)
     finally:
-        handle.remove()
-    return seen[0], batch.y, model
+        for handle in handles:
+            handle.remove()
+    return (seen[0] if seen else None), batch.y, model
 
 
 def denormalise(pipeline: Pipeline, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +88,7 @@ def short_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False,
     """
     model = fresh_model(pipeline, offset)
     optimizer, scheduler = training_objects(pipeline, model)
+    schedule = PlannedSchedule(pipeline, optimizer, scheduler)
     losses: list[float] = []
     if record is not None:
         record(0, model)
@@ -90,7 +98,7 @@ def short_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False,
             x = torch.zeros_like(batch.x) if zero_inputs else batch.x
             loss = take_step(pipeline, model, optimizer, x, batch.y)
             losses.append(float(loss))
-            advance_schedule(pipeline, scheduler, len(losses))
+            schedule.after_step(len(losses))
             if record is not None:
                 record(len(losses), model)
             if len(losses) >= steps:
@@ -104,34 +112,48 @@ def planned_steps(pipeline: Pipeline) -> int:
     return pipeline.config.epochs * pipeline.steps_per_epoch
 
 
-def advance_schedule(pipeline: Pipeline, scheduler, steps_done: int) -> None:
-    """After step `steps_done` (1-based), step the scheduler as `fit` would at that point of the run.
+class PlannedSchedule:
+    """Steps a check's scheduler as `fit` would at each point of the configured run.
 
-    Past the planned run the lr is held: a scheduler such as OneCycleLR refuses to step beyond its
-    total, and a check training longer than the run must not fail for that.
+    Past the planned run (epochs x batches) the lr is held at the highest value the schedule
+    reached: a check may train longer than a short run, and at the schedule's end value (often 0)
+    it would learn nothing; OneCycleLR even refuses to step beyond its total.
+
+    `warmup_only` follows the schedule only while the lr does not fall, then holds it: memorising
+    one batch asks whether model, loss and optimizer can fit at the lr the run trains with; a decay
+    over the run's thousands of steps says nothing about that, and a warm-up must still be given
+    its climb.
     """
-    if scheduler is None or steps_done > planned_steps(pipeline):
-        return
-    step_scheduler(scheduler, "step", pipeline)
-    if steps_done % pipeline.steps_per_epoch == 0:
-        step_scheduler(scheduler, "epoch", pipeline)  # no val loss here: ReduceLROnPlateau is left as is
 
+    def __init__(self, pipeline: Pipeline, optimizer, scheduler, warmup_only: bool = False):
+        self.pipeline, self.optimizer, self.scheduler, self.warmup_only = pipeline, optimizer, scheduler, warmup_only
+        self.planned = planned_steps(pipeline)
+        self.peak = self._lrs()
+        self.following = scheduler is not None
 
-def advance_warmup(pipeline: Pipeline, scheduler, optimizer, steps_done: int) -> bool:
-    """Like `advance_schedule`, but only while the lr does not fall: a warm-up is followed to the
-    run's working lr, and the decay after it is left out. Returns whether to keep following.
+    def _lrs(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
 
-    Why: memorising one batch asks whether model, loss and optimizer can fit at the lr the run
-    trains with; a schedule that decays over the run's thousands of steps says nothing about that,
-    and one that starts tiny (a warm-up) must still be given its climb.
-    """
-    before = [group["lr"] for group in optimizer.param_groups]
-    advance_schedule(pipeline, scheduler, steps_done)
-    if any(group["lr"] < lr for group, lr in zip(optimizer.param_groups, before)):
-        for group, lr in zip(optimizer.param_groups, before):
+    def _hold(self, lrs: list[float]) -> None:
+        for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
-        return False
-    return True
+        self.following = False
+
+    def after_step(self, steps_done: int) -> None:
+        """Call after step `steps_done` (1-based)."""
+        if not self.following:
+            return
+        before = self._lrs()
+        step_scheduler(self.scheduler, "step", self.pipeline)
+        if steps_done % self.pipeline.steps_per_epoch == 0:
+            step_scheduler(self.scheduler, "epoch", self.pipeline)  # no val loss here: ReduceLROnPlateau stays
+        now = self._lrs()
+        if self.warmup_only and any(a < b for a, b in zip(now, before)):
+            self._hold(before)
+            return
+        self.peak = [max(a, b) for a, b in zip(self.peak, now)]
+        if steps_done >= self.planned:
+            self._hold(self.peak)
 
 
 @torch.no_grad()
@@ -150,3 +172,64 @@ def accuracy_and_loss(pipeline: Pipeline, model: nn.Module, split: str, max_exam
             break
     model.train()
     return correct / count, total_loss / count
+
+
+FAMILIES = {"logits": lambda z: z, "log-probabilities": lambda z: torch.log_softmax(z, 1),
+            "probabilities": lambda z: torch.softmax(z, 1)}
+
+
+def output_family(out: torch.Tensor) -> str:
+    """How a model's (B, C) outputs are constrained: log-probabilities (every row's logsumexp is 0),
+    probabilities (rows of non-negative values summing to 1), or free logits."""
+    ones = torch.ones(len(out), device=out.device)
+    if (out <= 0).all() and torch.allclose(out.exp().sum(1), ones, atol=1e-3):
+        return "log-probabilities"
+    if (out >= 0).all() and torch.allclose(out.sum(1), ones, atol=1e-3):
+        return "probabilities"
+    return "logits"
+
+
+def loss_floor(pipeline: Pipeline, outputs_at_init: torch.Tensor, y: torch.Tensor, steps: int = 300,
+               lr: float = 0.1, family: str | None = None) -> tuple[float, float]:
+    """(floor, accuracy): the lowest value the pipeline's own loss reaches on labels `y` when the
+    model's outputs are free variables (Adam on a (B, C) tensor; a short second-moment memory keeps
+    its steps from shrinking with the gradient, and the lr decays to 0 to settle on a finite optimum:
+    cross-entropy measures ~2e-6, label smoothing 0.1 its exact 0.50029), and the share of `y` those
+    best outputs classify right.
+
+    Why: a loss's achievable minimum is a property of the loss, not the model. Cross-entropy's is 0;
+    with label smoothing 0.1 over 10 classes it is about 0.50; a loss with no floor (a sign error,
+    nll_loss on raw logits) runs off below 0; and a loss whose minimum does not classify the batch
+    (MSE on class indices, a clamped loss with no gradient) is not a classification loss at all.
+    The free outputs stay in the model's output family (`output_family`, or `family`), so nll_loss
+    after a log_softmax model has its true floor 0.
+    """
+    out = outputs_at_init.detach().float()
+    if out.dim() != 2 or out.shape[0] != len(y):
+        return 0.0, 1.0  # not (B, C) outputs: output_sanity says so; judge against the cross-entropy floor
+    squash = FAMILIES[family or output_family(out)]
+    z = torch.zeros_like(out, requires_grad=True)
+    optimizer = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.9))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    best, best_z = math.inf, z.detach().clone()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = pipeline.loss_fn(squash(z), y)
+        value = loss.item()
+        if not math.isfinite(value):
+            break
+        if value < best:
+            best, best_z = value, z.detach().clone()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    accuracy = (squash(best_z).argmax(1) == y).float().mean().item()
+    return best, accuracy
+
+
+NORM_WITH_RUNNING_STATS = nn.modules.batchnorm._NormBase  # BatchNorm*d, SyncBatchNorm, InstanceNorm*d
+
+
+def has_running_stats(model: nn.Module) -> bool:
+    """Whether eval mode uses statistics gathered during training (batch norm's running mean/var)."""
+    return any(isinstance(m, NORM_WITH_RUNNING_STATS) and m.track_running_stats for m in model.modules())

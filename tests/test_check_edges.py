@@ -44,8 +44,8 @@ def test_a_failing_stage_skips_the_later_stages_unless_ungated(clean):
 
 def test_nan_pixels_are_a_data_fail_not_a_crash(clean):
     images = clean.data.train.images.float()
-    images[0, 3, 3] = float("nan")
-    images[1, 0, 0] = float("inf")
+    images[0, ..., 3, 3] = float("nan")  # one channel: (N, 1, H, W) or (N, H, W) alike
+    images[1, ..., 0, 0] = float("inf")
     broken = replace(clean, data=replace(clean.data, train=Split(images, clean.data.train.labels)))
     result = data_checks.integrity(broken)
     assert result.verdict is Verdict.FAIL
@@ -93,10 +93,10 @@ def test_sorted_val_split_fails_class_balance(clean):
     assert "not representative" in result.message
 
 
-def test_label_agreement_skips_when_the_splits_are_too_small(clean):
+def test_label_agreement_does_not_apply_when_the_splits_are_too_small(clean):
     tiny = replace(clean.data, train=Split(clean.data.train.images[:60], clean.data.train.labels[:60]))
     result = label_agreement(replace(clean, data=tiny))
-    assert result.verdict is Verdict.SKIP
+    assert result.verdict is Verdict.NA  # does not apply; SKIP means blocked by an earlier stage
     assert "too few examples" in result.message
 
 
@@ -110,11 +110,11 @@ def test_label_agreement_scores_only_images_the_probe_has_not_seen(clean):
     assert result.verdict is Verdict.PASS
 
 
-def test_label_noise_skips_when_too_few_classes_can_be_compared(clean):
+def test_label_noise_does_not_apply_when_too_few_classes_can_be_compared(clean):
     """With two classes every pair may be genuinely confusable: no floor to measure."""
     train = clean.data.train
     two = (train.labels == 0) | (train.labels == 1)
     data = replace(clean.data, train=Split(train.images[two], train.labels[two]))
     result = label_noise(replace(clean, data=data))
-    assert result.verdict is Verdict.SKIP
+    assert result.verdict is Verdict.NA  # does not apply; SKIP means blocked by an earlier stage
     assert "2 of 10 classes" in result.message

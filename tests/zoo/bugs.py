@@ -151,7 +151,7 @@ def label_in_pixel(pipeline: Pipeline) -> Pipeline:
     """The label is burnt into every image as pixel (0, 0) = label * 25: the target leaks into the input."""
     def leak(split: Split) -> Split:
         images = split.images.clone()
-        images[:, 0, 0] = (split.labels * LEAK_PIXEL_SCALE).to(torch.uint8)
+        images[:, :, 0, 0] = (split.labels * LEAK_PIXEL_SCALE).to(torch.uint8)[:, None]  # (N, C, H, W): every channel
         return Split(images, split.labels)
     return _with_data(pipeline, _map_splits(pipeline.data, leak))
 

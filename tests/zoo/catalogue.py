@@ -186,8 +186,9 @@ ZOO: tuple[Bug, ...] = (
 
 # ---------------------------------------------------------------- the detection matrix
 
-CODES = {"PASS": "P", "WARN": "W", "FAIL": "F", "ERROR": "E", "SKIP": "S"}
-LEGEND = "P pass, W warn, F fail, E error (the check crashed), S skip; * the zoo expects this check to FAIL"
+CODES = {"PASS": "P", "WARN": "W", "FAIL": "F", "ERROR": "E", "SKIP": "S", "N/A": "-"}
+LEGEND = ("P pass, W warn, F fail, E error (the check crashed), S skip, - n/a (does not apply); "
+          "* the zoo expects this check to FAIL")
 CLEAN = "clean"
 
 

@@ -1,0 +1,103 @@
+"""Bring your own data: a DataBundle from map-style `torch.utils.data` Datasets yielding (image, label).
+
+    train = torchvision.datasets.CIFAR10("data", train=True, transform=transforms.ToTensor())
+    test = torchvision.datasets.CIFAR10("data", train=False, transform=transforms.ToTensor())
+    data = bundle_from_datasets(train, test)   # val held out of train, stratified
+
+Each dataset is read once, through its own transform, into memory: the checks trace every example
+back to its source by index, so they need the pixels, not a stream. The transform must give the
+image as a (C, H, W) tensor in [0, 1] (ToTensor, or PIL images, which are converted the same way)
+and must be deterministic: normalisation is the harness's (per channel, from train only) and
+augmentation belongs in the pipeline's `augment`, where the checks can see it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from recipe.data import SPLIT_SEED, DataBundle, Split, stratified_holdout
+from recipe.errors import DataError
+
+VAL_FRACTION = 0.1  # of train, per class, when no val set is given
+
+
+def bundle_from_datasets(train, test, val=None, *, class_names: Sequence[str] | None = None,
+                         source: str = "datasets", device: str | torch.device = "cpu") -> DataBundle:
+    """Read the datasets into a DataBundle; with no `val`, hold one out of train, stratified by class."""
+    splits = {"train": _read(train, "train"), "test": _read(test, "test")}
+    if val is not None:
+        splits["val"] = _read(val, "val")
+    else:
+        generator = torch.Generator().manual_seed(SPLIT_SEED)
+        full = splits["train"]
+        kept, held = stratified_holdout(full.labels, lambda n: max(round(n * VAL_FRACTION), 1 if n >= 3 else 0),
+                                        generator)
+        splits["train"], splits["val"] = Split(full.images[kept], full.labels[kept]), \
+            Split(full.images[held], full.labels[held])
+    shapes = {name: tuple(s.images.shape[1:]) for name, s in splits.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"the datasets give images of different shapes ({shapes}); make the transforms agree")
+    names = tuple(class_names or getattr(train, "classes", None) or
+                  [str(c) for c in range(int(max(s.labels.max() for s in splits.values())) + 1)])
+    device = torch.device(device)
+    moved = {name: Split(s.images.to(device), s.labels.to(device)) for name, s in splits.items()}
+    reason = f"read from {type(train).__name__} datasets ({', '.join(f'{k} {len(v)}' for k, v in moved.items())})"
+    return DataBundle(moved["train"], moved["val"], moved["test"], names, source, reason)
+
+
+def _read(dataset, split: str) -> Split:
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise DataError(f"the {split} dataset has no len(): pass a map-style Dataset (dataset[i] -> (image, label))") from None
+    if n == 0:
+        raise DataError(f"the {split} dataset is empty")
+    first = _item(dataset, 0, split)
+    if not torch.equal(first[0], _item(dataset, 0, split)[0]):
+        raise DataError(f"the {split} dataset gives a different image each time it is read: its transform is random. "
+                        "Keep only deterministic transforms (ToTensor, Resize) there and put augmentation in the "
+                        "pipeline's `augment`")
+    images = torch.empty((n, *first[0].shape), dtype=torch.uint8)
+    labels = torch.empty(n, dtype=torch.int64)
+    for i in range(n):
+        image, label = first if i == 0 else _item(dataset, i, split)
+        if image.shape != images.shape[1:]:
+            raise DataError(f"{split} item {i} is an image of shape {tuple(image.shape)}, item 0 of "
+                            f"{tuple(images.shape[1:])}; add a Resize to the transform")
+        images[i] = image.mul(255).round_().to(torch.uint8)
+        labels[i] = label
+    return Split(images, labels)
+
+
+def _item(dataset, i: int, split: str) -> tuple[torch.Tensor, int]:
+    item = dataset[i]
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise DataError(f"{split} item {i} is a {type(item).__name__}; the dataset must give (image, label) pairs")
+    image, label = item[0], item[1]
+    if not isinstance(image, torch.Tensor):
+        image = _to_tensor(image, split, i)
+    if image.dim() == 2:
+        image = image.unsqueeze(0)
+    if image.dim() != 3:
+        raise DataError(f"{split} item {i} is an image of shape {tuple(image.shape)}; expected (C, H, W). The "
+                        "harness handles images only: sequences and feature vectors are not supported yet")
+    if image.dtype == torch.uint8:
+        image = image.float() / 255
+    low, high = float(image.min()), float(image.max())
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise DataError(f"{split} item {i} has values {low:.3g}..{high:.3g}, outside [0, 1]: drop Normalize from the "
+                        "dataset's transform (the harness normalises per channel with train's stats)")
+    return image.float(), int(label)
+
+
+def _to_tensor(image, split: str, i: int) -> torch.Tensor:
+    try:
+        array = np.asarray(image)
+    except Exception:  # anything numpy cannot read as pixels
+        raise DataError(f"{split} item {i} is a {type(image).__name__}, not an image tensor or PIL image") from None
+    if array.dtype != np.uint8:
+        raise DataError(f"{split} item {i} is a {array.dtype} array; give uint8 pixels or a tensor in [0, 1]")
+    tensor = torch.from_numpy(array.copy())
+    return tensor.permute(2, 0, 1) if tensor.dim() == 3 else tensor  # (H, W, C) -> (C, H, W)

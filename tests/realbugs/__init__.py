@@ -1,0 +1,2 @@
+"""The real-bug track: publicly reported training bugs, each ported as a buggy/fixed pipeline pair
+(see catalogue.py)."""

@@ -1,0 +1,3 @@
+from tests.realbugs.catalogue import main
+
+raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""The valid-configuration matrix: what careful users legitimately train with FAILs no check.
+
+A PASS promises that the code that will train is sane; the other half of that promise is that a
+sane setup is not refused. Each configuration of tests/zoo/valid.py runs through every check
+(`checks.run_all`, gate off) on `sample` over seeds 0..4: seed 0 in the quick run (about 40 s on
+one core), seeds 1..4 marked slow. Every result must also show a number that agrees with its verdict.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from checks import run_all
+from recipe.config import TrainConfig
+from tests.test_verdicts import disagreements
+from tests.zoo.valid import VALID
+
+SEEDS = range(5)
+
+
+def matrix():
+    for name in VALID:
+        for seed in SEEDS:
+            marks = [pytest.mark.slow] if seed > 0 else []
+            yield pytest.param(name, seed, marks=marks, id=f"{name}-seed{seed}")
+
+
+@pytest.mark.parametrize("name, seed", list(matrix()))
+def test_a_valid_configuration_fails_no_check(sample_data, name, seed):
+    pipeline = VALID[name](TrainConfig(seed=seed), sample_data)
+    torch.manual_seed(seed)
+    results = run_all(pipeline, gate=False)
+    blocking = [f"{r.name}: {r.verdict.value}: {r.message}" for r in results if r.verdict.blocks]
+    assert not blocking, f"{name} (seed {seed}):\n" + "\n".join(blocking)
+    assert not disagreements(results)
