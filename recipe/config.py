@@ -20,6 +20,7 @@ class TrainConfig:
     schedule: str = "cosine"   # lr decays to 0 by the last step: removes SGD's end-of-run noise (+~0.5% test acc)
     seed: int = 0
     augment: str = "none"      # off by default: the recipe says simplify first
+    check_budget: float = 8.0  # seconds each training-based check may train (a CNN gets fewer steps, never < 60)
 
     def __post_init__(self) -> None:
         from recipe.augment import AUGMENTATIONS
@@ -34,6 +35,8 @@ class TrainConfig:
             raise RecipeError(f"unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise RecipeError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not self.check_budget > 0:
+            raise RecipeError(f"--check-budget must be positive seconds, got {self.check_budget}")
         if self.augment not in AUGMENTATIONS:
             raise RecipeError(f"unknown --augment {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
 
