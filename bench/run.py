@@ -22,7 +22,7 @@ import torch
 
 from bench.measure import Row, machine
 
-PARTS = ("epoch", "sklearn", "preflight", "scaling", "batch512", "startup", "gpu")
+PARTS = ("epoch", "sklearn", "preflight", "scaling", "batch512", "startup", "cnn", "gpu")
 GPU_PARTS = ["epoch", "sklearn", "scaling", "batch512"]  # what --parts gpu runs with cuda
 DEFAULT_OUT = Path("bench/results/latest.json")
 
@@ -104,6 +104,10 @@ def run_parts(parts: list[str], device: str, args: argparse.Namespace, label: st
             from bench import startup
 
             results[part] = startup.run(args.repeats)
+        elif part == "cnn":
+            from bench import preflight_cnn
+
+            results[part] = preflight_cnn.run(args.repeats)
         results[part]["part_wall_s"] = time.perf_counter() - started
         for row in results[part]["rows"]:
             row.part = f"{label}{row.part}"

@@ -164,7 +164,7 @@ def _confident_mistakes(pipeline: "Pipeline", y: torch.Tensor, probs: torch.Tens
     worst = wrong[confidence[wrong].argsort(descending=True)[:N_MISTAKES]]
     rows = [{"index": int(i), "true": names[int(y[i])], "predicted": names[int(pred[i])],
              "p": float(confidence[i])} for i in worst]
-    images = pipeline.data.test.images[worst.to(pipeline.data.test.images.device)].cpu()  # (K, 28, 28) uint8
+    images = pipeline.data.test.images[worst.to(pipeline.data.test.images.device)].cpu()  # (K, C, H, W) uint8
     captions = [f"true {r['true']} / pred {r['predicted']} p={r['p']:.2f}" for r in rows]
     return rows, Figure("images", MISTAKES, {"images": images.numpy(), "captions": captions, "cmap": "gray"})
 
