@@ -125,23 +125,50 @@ def image_hashes(images: torch.Tensor) -> list[int]:
 def duplicates_and_leakage(pipeline: Pipeline, max_leak_fraction: float = 0.001) -> CheckResult:
     """Exact duplicate images within each split and across splits, found by hashing the raw bytes.
 
-    Catches: test (or val) images leaked into train, which makes every held-out number a lie.
+    Catches: test (or val) images leaked into train, and val and test sharing images (the model is
+    chosen on the very images it is then graded on), which make held-out numbers a lie.
     """
     hashes = {s: image_hashes(pipeline.data.split(s).images) for s in SPLITS}
     within = {s: len(h) - len(set(h)) for s, h in hashes.items()}
     train = set(hashes["train"])
     leaked = {s: sum(h in train for h in hashes[s]) for s in ("val", "test")}
-    val_test = len(set(hashes["val"]) & set(hashes["test"]))
+    val_set = set(hashes["val"])
+    val_test = sum(h in val_set for h in hashes["test"])
     fractions = {s: leaked[s] / max(len(hashes[s]), 1) for s in leaked}
-    worst = max(fractions.values())
-    details = {"duplicates_within": within, "found_in_train": leaked, "shared_val_test": val_test}
-    ok = (f"no held-out image appears in train ({leaked['val']} val, {leaked['test']} test images found in train; "
-          f"duplicates within splits: {within}).")
-    fail = (f"leakage: {leaked['test']} test images ({fractions['test']:.2%}) and {leaked['val']} val images "
-            f"({fractions['val']:.2%}) are exact copies of train images (limit {max_leak_fraction:.1%}). Test "
-            "images leaked into train: held-out accuracy will be inflated. Likely cause: the splits were built "
-            "from overlapping sources (train concatenated with test, or a re-split without de-duplication).")
+    fractions["test in val"] = val_test / max(len(hashes["test"]), 1)
+    worst_pair = max(fractions, key=fractions.get)
+    worst = fractions[worst_pair]
+    details = {"duplicates_within": within, "found_in_train": leaked, "test_images_in_val": val_test}
+    ok = (f"no held-out image appears in train ({leaked['val']} val, {leaked['test']} test images found in train), "
+          f"{val_test} test images are in val; duplicates within splits: {within}.")
+    if worst_pair == "test in val":
+        fail = (f"leakage: {val_test} test images ({worst:.2%}) are exact copies of val images (limit "
+                f"{max_leak_fraction:.1%}): val and test overlap, so the model and its settings are chosen on the "
+                "very images that grade them. Likely cause: val and test were cut from overlapping ranges, or one "
+                "file was used for both.")
+    else:
+        fail = (f"leakage: {leaked['test']} test images ({fractions['test']:.2%}) and {leaked['val']} val images "
+                f"({fractions['val']:.2%}) are exact copies of train images (limit {max_leak_fraction:.1%}). Test "
+                "images leaked into train: held-out accuracy will be inflated. Likely cause: the splits were built "
+                "from overlapping sources (train concatenated with test, or a re-split without de-duplication).")
     return measured("duplicates_and_leakage", STAGE, worst, max_leak_fraction, "<=", ok, fail, details=details)
+
+
+def split_sizes(pipeline: Pipeline) -> CheckResult:
+    """Train must be the biggest split: a model learns from train, val and test only grade it.
+
+    Catches: train and test swapped (a loader that takes `train=False` for training), or the
+    splits cut the wrong way round.
+    """
+    sizes = {s: len(pipeline.data.split(s)) for s in SPLITS}
+    biggest_held_out = max(sizes["val"], sizes["test"])
+    ratio = sizes["train"] / max(biggest_held_out, 1)
+    which = "val" if sizes["val"] >= sizes["test"] else "test"
+    ok = f"train holds {sizes['train']} examples, {ratio:.1f}x the biggest held-out split ({which}, {biggest_held_out})."
+    fail = (f"train holds {sizes['train']} examples but {which} holds {biggest_held_out}: train should be the biggest "
+            "split. Likely cause: train and test (or val) swapped, e.g. a dataset built with train=False for "
+            "training, or the split fractions inverted.")
+    return measured("split_sizes", STAGE, ratio, 1.0, ">=", ok, fail, details={"sizes": sizes})
 
 
 def _listed(values: list[float]) -> str:

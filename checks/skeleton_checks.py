@@ -191,3 +191,33 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
     return CheckResult("batch_independence", STAGE, Verdict.PASS, 0.0, 0.0, "==",
                        f"example {example}'s output depends on its own input only (gradient on the other "
                        f"{len(others)} examples is 0).", details=details)
+
+
+def eval_determinism(pipeline: Pipeline, rtol: float = 1e-5, atol: float = 1e-6) -> CheckResult:
+    """Two eval-mode passes over the same batch must give the same outputs.
+
+    Catches a stochastic layer that stays active after `model.eval()`: `F.dropout(x, p)` without
+    `training=self.training`, noise added in `forward` whatever the mode. Evaluation, early stopping
+    and the test figure would then be random.
+    """
+    batch = first_batches(pipeline, "val", 1, shuffle=False)[0]
+    model = fresh_model(pipeline)
+    model.eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # a zero-initialised layer would hide any randomness before it
+            if parameter.dim() > 1 and parameter.abs().max() == 0:
+                parameter.normal_(0, 0.01)
+        first, second = model(batch.x), model(batch.x)
+    if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape):
+        return CheckResult("eval_determinism", STAGE, Verdict.NA, None, None, "",
+                           "the model does not return one tensor, so its eval outputs cannot be compared "
+                           "(output_sanity says why).")
+    gap = (first.float() - second.float()).abs().max().item() if first.numel() else 0.0
+    tolerance = atol + rtol * (first.float().abs().max().item() if first.numel() else 0.0)  # float noise only
+    same = gap <= tolerance
+    ok = f"two eval-mode passes over {len(batch.y)} val examples give the same outputs (max difference {gap:.1e})."
+    fail = (f"two eval-mode passes over the same {len(batch.y)} val examples give different outputs (max difference "
+            f"{gap:.3g}): something random stays active in eval mode, typically F.dropout(x, p) without "
+            "training=self.training, or noise added in forward whatever the mode; val and test numbers would be random.")
+    return CheckResult("eval_determinism", STAGE, Verdict.PASS if same else Verdict.FAIL, gap, tolerance, "<=",
+                       ok if same else fail, details={"max_difference": gap})

@@ -393,3 +393,26 @@ def step_sets_lr(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def train_and_test_swapped(pipeline: Pipeline) -> Pipeline:
+    """The training set was built from the test files and the test set from the training files
+    (`train=False` where `train=True` was meant)."""
+    data = pipeline.data
+    return _with_data(pipeline, replace(data, train=data.test, test=data.train))
+
+
+def val_copied_into_test(pipeline: Pipeline) -> Pipeline:
+    """Val and test were cut from overlapping ranges: half of test is val again."""
+    data = pipeline.data
+    half = len(data.test) // 2
+    test = Split(torch.cat([data.val.images[:half], data.test.images[half:]]),
+                 torch.cat([data.val.labels[:half], data.test.labels[half:]]))
+    return _with_data(pipeline, replace(data, test=test))
+
+
+class DropoutAlwaysOnLinear(LinearClassifier):
+    """forward applies F.dropout(x, 0.2) without training=self.training: still random after model.eval()."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.dropout(x, 0.2))

@@ -31,7 +31,8 @@ from tests.zoo.bugs import (
     labels_shuffled_apart, leaked_test_images, loss_clamped, loss_summed, lr_100x_too_high, lr_far_too_low,
     mse_on_class_indices, negated_loss, never_shuffled, noisy_labels_everywhere, noisy_train_labels,
     norm_stats_from_test, rotation_180, same_batch_every_time, softmax_before_loss, sorted_by_class,
-    step_before_backward, step_returns_float, step_sets_lr, step_without_zero_grad, systematic_mislabel_everywhere, train_label_map_differs,
+    step_before_backward, step_returns_float, step_sets_lr, step_without_zero_grad, train_and_test_swapped,
+    val_copied_into_test, DropoutAlwaysOnLinear, systematic_mislabel_everywhere, train_label_map_differs,
     unseeded_shuffle, val_from_sorted_tail, val_labels_shifted, weight_decay_far_too_high, with_linear_model)
 from recipe.config import TrainConfig
 from recipe.data import DataBundle, load_data
@@ -178,6 +179,15 @@ ZOO: tuple[Bug, ...] = (
         ("fit_dry_run",), ("rewrites the learning rate",),
         "the lr the optimizer holds during the dry run's steps is 0.05, not the 0.001 the pipeline's optimizer "
         "and cosine schedule give"),
+    Bug("train_and_test_swapped", train_and_test_swapped.__doc__, train_and_test_swapped,
+        ("split_sizes",), ("swapped",),
+        "train holds 1,000 images and test 3,500"),
+    Bug("test_overlaps_val", val_copied_into_test.__doc__, val_copied_into_test,
+        ("duplicates_and_leakage",), ("val and test overlap",),
+        "half the test images are byte-for-byte val images"),
+    Bug("dropout_active_in_eval", DropoutAlwaysOnLinear.__doc__, with_linear_model(DropoutAlwaysOnLinear),
+        ("eval_determinism",), ("training=self.training",),
+        "two eval-mode passes over the same batch differ"),
     Bug("no_zero_grad", step_without_zero_grad.__doc__, lambda p: replace(p, train_step=step_without_zero_grad),
         ("gradient_flow",), ("zero_grad",),
         "the second step's gradient on the same batch is the sum of two steps' gradients"),
