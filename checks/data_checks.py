@@ -277,6 +277,11 @@ def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_exampl
     pixel comes close to 1; a pixel that encodes the label does.
     """
     x, y, _ = stacked(pipeline, "train", n_examples)
+    in_range = (y >= 0) & (y < pipeline.num_classes)  # labels out of range are integrity's finding, not a crash here
+    x, y = x[in_range], y[in_range]
+    if len(y) < 2:
+        return CheckResult("target_leak", STAGE, Verdict.NA, None, None, "",
+                           f"fewer than 2 train labels lie in [0, {pipeline.num_classes}); see integrity.")
     features = x.reshape(len(x), -1).double()
     total = features.var(dim=0, unbiased=False)
     class_means = torch.zeros(pipeline.num_classes, features.shape[1], dtype=torch.float64, device=features.device)

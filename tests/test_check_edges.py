@@ -118,3 +118,19 @@ def test_label_noise_does_not_apply_when_too_few_classes_can_be_compared(clean):
     result = label_noise(replace(clean, data=data))
     assert result.verdict is Verdict.NA  # does not apply; SKIP means blocked by an earlier stage
     assert "2 of 10 classes" in result.message
+
+
+@pytest.mark.parametrize("shift", [1, 10, -1])
+def test_labels_out_of_range_are_integritys_finding_not_a_crash_in_target_leak(clean, shift):
+    import dataclasses
+
+    from checks import data_checks
+    from recipe.data import Batch
+
+    def batches(split, **options):  # 1-based labels, or far out of range: the loader's bug
+        for batch in clean.batches(split, **options):
+            yield Batch(batch.x, batch.y + shift, batch.idx)
+
+    broken = dataclasses.replace(clean, batches=batches)
+    result = data_checks.target_leak(broken)
+    assert result.verdict in (Verdict.PASS, Verdict.NA)
