@@ -103,3 +103,21 @@ def subprocess_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="module")
+def linear(sample_data):
+    """The clean default (linear) pipeline on the sample, default config."""
+    from recipe.config import TrainConfig
+    from recipe.pipeline import default_pipeline
+
+    return default_pipeline(TrainConfig(), sample_data)
+
+
+@pytest.fixture(scope="module")
+def mlp(sample_data):
+    """The clean MLP pipeline on the sample, default config."""
+    from recipe.config import TrainConfig
+    from recipe.pipeline import mlp_pipeline
+
+    return mlp_pipeline(TrainConfig(), sample_data)

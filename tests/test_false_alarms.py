@@ -15,17 +15,7 @@ from checks.loader_checks import what_goes_into_the_net
 from checks.result import Verdict
 from checks.skeleton_checks import batch_independence, loss_at_init
 from recipe.config import TrainConfig
-from recipe.pipeline import default_pipeline, mlp_pipeline
-
-
-@pytest.fixture(scope="module")
-def linear(sample_data):
-    return default_pipeline(TrainConfig(), sample_data)
-
-
-@pytest.fixture(scope="module")
-def mlp(sample_data):
-    return mlp_pipeline(TrainConfig(), sample_data)
+from recipe.pipeline import mlp_pipeline
 
 
 def features(pipeline) -> int:

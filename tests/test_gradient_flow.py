@@ -13,19 +13,9 @@ from checks.gradient_checks import gradient_flow
 from checks.result import Verdict
 from recipe.config import TrainConfig
 from recipe.model import LinearClassifier
-from recipe.pipeline import default_pipeline, mlp_pipeline
+from recipe.pipeline import mlp_pipeline
 from tests.zoo.bugs import step_before_backward, step_without_zero_grad
 from tests.zoo.valid import WithEMA, ema_step
-
-
-@pytest.fixture(scope="module")
-def linear(sample_data):
-    return default_pipeline(TrainConfig(), sample_data)
-
-
-@pytest.fixture(scope="module")
-def mlp(sample_data):
-    return mlp_pipeline(TrainConfig(), sample_data)
 
 
 @pytest.fixture(scope="module")
