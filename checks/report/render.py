@@ -13,7 +13,8 @@ The record (results.json), schema_version 1; see checks/report/SCHEMA.md for eve
      "data": {"source": str, "reason": str, "sizes": {"train": n, "val": n, "test": n}, "class_names": [str]},
      "config": {...TrainConfig.as_dict()},
      "environment": {"python", "torch", "torchvision", "numpy", "platform", "device", "seed", "git_commit"},
-     "timings": {"data_load_s": float, "checks_s": float, "training_s": float | null, "total_s": float},
+     "timings": {"data_load_s": float, "checks_s": float, "training_s": float | null, "report_s": float,
+                 "total_s": float},
      "checks": [CheckResult.to_json(), ...],
      "training": null | {"epochs": [...], "val_accuracy", "val_ci95", "test_accuracy", "test_ci95",
                          "stopped", "per_class", "anchors", ...}}
@@ -23,7 +24,6 @@ Numbers that are not finite (a NaN loss) are stored as the strings "NaN", "Infin
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import math
@@ -31,11 +31,12 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jinja2
 
@@ -141,26 +142,30 @@ def figures_of(results: Iterable[CheckResult], training_figures: list[Figure] | 
 # ---------------------------------------------------------------- writing and re-rendering
 
 def write_report(run_dir: Path, record: dict, figures: dict[str, list[Figure]],
-                 stored: Mapping[str, list[dict]] | None = None) -> Path:
+                 stored: Mapping[str, list[dict]] | None = None, drawn: Mapping[str, list[dict]] | None = None,
+                 clock: Callable[[], float] | None = None) -> Path:
     """Write figures.json, results.json and index.html into `run_dir`, each atomically; return index.html.
 
-    A figure whose data cannot be drawn is stored with an "error" instead of a PNG, and the page
-    says so beside its check: one malformed figure must not cost the whole report.
+    `drawn`: figures already drawn (a `Painter` drew them while the checks ran), keyed like
+    `figures`; the rest are drawn here. `clock`: seconds since the command started, read after the
+    drawing, so `timings.total_s` counts the report too. A figure whose data cannot be drawn is
+    stored with an "error" instead of a PNG, and the page says so beside its check: one malformed
+    figure must not cost the whole report.
     """
-    from checks.report.figures import render_png  # matplotlib only where something is drawn
+    from checks.report.painter import draw_entry
 
     run_dir = Path(run_dir)
+    started = time.perf_counter()
     stored_figures: dict[str, list[dict]] = {k: list(v) for k, v in (stored or {}).items()
                                              if k != sections.TRAINING}  # already drawn: kept as they are
+    drawn = drawn or {}
     for name, group in figures.items():
-        stored_figures[str(name)] = entries = []
-        for figure in group:
-            try:
-                png = base64.b64encode(render_png(figure)).decode("ascii")
-                entries.append({"title": figure.title, "png_base64": png})
-            except Exception as err:  # a drawing bug must not lose the results
-                entries.append({"title": figure.title, "png_base64": None,
-                                "error": f"could not draw this {figure.kind!r} figure: {type(err).__name__}: {err}"})
+        ready = list(drawn.get(name, []))
+        stored_figures[str(name)] = ready if len(ready) == len(group) else [draw_entry(f) for f in group]
+    timings = record.setdefault("timings", {})
+    timings["report_s"] = time.perf_counter() - started  # drawing what was left, after the checks
+    if clock is not None:
+        timings["total_s"] = clock()
     stored_record = to_jsonable(record)
     atomic_write_text(run_dir / FIGURES_NAME, json.dumps(stored_figures, allow_nan=False))
     atomic_write_text(run_dir / RESULTS_NAME, json.dumps(stored_record, indent=2, allow_nan=False) + "\n")
