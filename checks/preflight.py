@@ -64,11 +64,12 @@ def run_preflight(pipeline, spec: str, *, gate: bool = True, only: Collection[st
 def write_run_report(run_dir: Path, preflight: Preflight, pipeline, timings: dict,
                      training: tuple[dict, list] | None = None, forced: bool = False,
                      reused_figures: dict | None = None, drawn: dict | None = None,
-                     clock: Callable[[], float] | None = None) -> Path:
+                     clock: Callable[[], float] | None = None, previous: tuple[Path, dict] | None = None) -> Path:
     """Write index.html, results.json and figures.json for one run (checks, and training if it ran).
 
     `reused_figures`: the stored check figures of the earlier preflight a train run relied on;
-    `drawn` and `clock`: see `checks.report.render.write_report`."""
+    `drawn` and `clock`: see `checks.report.render.write_report`; `previous`: the folder and record of
+    the previous complete preflight of this pipeline, compared with this run on the page."""
     from checks.report.render import build_record, environment_info, figures_of, write_report
 
     summary, training_figures = training if training is not None else (None, None)
@@ -77,5 +78,10 @@ def write_run_report(run_dir: Path, preflight: Preflight, pipeline, timings: dic
                           environment=environment_info(pipeline.device, pipeline.config.seed),
                           timings=timings, training=summary, forced=forced, fingerprint=preflight.fingerprint,
                           preflight=preflight.block())
+    if previous is not None:
+        from checks.report.diff import comparison_block
+        from checks.report.render import to_jsonable
+
+        record["compared_with"] = comparison_block(previous[0], previous[1], to_jsonable(record))
     return write_report(run_dir, record, figures_of(preflight.results, training_figures), reused_figures,
                         drawn, clock)

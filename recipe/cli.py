@@ -348,7 +348,7 @@ def write_checks_only(args: argparse.Namespace, pipeline, preflight) -> Path:
 
     with run_folder(Path(args.report_dir)) as run, finish_before_ctrl_c():
         write_run_report(run.path, preflight, pipeline, _timings(args, checks_s=preflight.checks_s),
-                         drawn=_drawn(args), clock=partial(_since, args.started))
+                         drawn=_drawn(args), clock=partial(_since, args.started), previous=_previous(args, preflight))
     return run.final / INDEX_NAME
 
 
@@ -356,6 +356,18 @@ def _drawn(args: argparse.Namespace) -> dict | None:
     """The check figures the painter drew while the checks ran (None when no checks ran here)."""
     painter = getattr(args, "painter", None)
     return painter.drawn() if painter is not None else None
+
+
+def _previous(args: argparse.Namespace, preflight, this_run: Path | None = None) -> tuple[Path, dict] | None:
+    """The previous complete preflight of this pipeline, for the report's comparison (not the one this
+    run relied on, nor this run itself when resumed)."""
+    from checks.gate import newest_for_pipeline
+
+    earlier = newest_for_pipeline(Path(args.report_dir), args.pipeline)
+    if earlier is None:
+        return None
+    skip = {Path(p).resolve() for p in (this_run, (preflight.relied_on or {}).get("run_dir")) if p}
+    return None if Path(earlier.run_dir).resolve() in skip else (earlier.run_dir, earlier.record)
 
 
 def _since(started: float) -> float:
@@ -408,7 +420,8 @@ def train_and_report(args: argparse.Namespace, pipeline, preflight, forced: bool
         timings = _timings(args, checks_s=preflight.checks_s, training_s=training_s)
         with finish_before_ctrl_c():
             write_run_report(run.path, preflight, pipeline, timings, summary, forced, reused_figures,
-                             drawn=_drawn(args), clock=partial(_since, args.started))
+                             drawn=_drawn(args), clock=partial(_since, args.started),
+                             previous=_previous(args, preflight, run.final))
     if crash is not None:
         raise crash
     code = report_training(args, result, run.final / INDEX_NAME)

@@ -130,3 +130,27 @@ def test_diff_refuses_a_folder_without_results(tmp_path, two_runs, capsys):
     assert main(["diff", str(clean), str(tmp_path / "empty")]) == 2
     assert "no results.json" in capsys.readouterr().err
     json.loads((clean / "results.json").read_text())  # untouched
+
+
+def test_the_report_compares_with_the_previous_run_of_the_same_pipeline(tmp_path, sample_raw, monkeypatch):
+    """The user edits their pipeline file and checks again: the new page says what got worse since."""
+    from recipe import sources
+
+    monkeypatch.setattr(sources, "read_sample_csv", lambda path: sample_raw)
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine.py"
+    mine.write_text("from recipe.pipeline import default_pipeline as build\n")
+    common = ["check", "--data", "sample", "--no-download", "--quiet", "--no-gate", "--pipeline", "mine.py:build"]
+    assert main(common) == 0
+    first = (tmp_path / "reports" / "latest").resolve()
+    assert "compared_with" not in json.loads((first / "results.json").read_text())  # nothing to compare with
+    mine.write_text(LABELS_OFF_BY_ONE)
+    assert main(common) == 1
+    second = (tmp_path / "reports" / "latest").resolve()
+    block = json.loads((second / "results.json").read_text())["compared_with"]
+    assert Path(block["run_dir"]).resolve() == first and "code" in " ".join(block["differs"])
+    assert "label_pairing" in [r["name"] for r in block["worse"]]
+    html = (second / "index.html").read_text()
+    compared = html.split('<section id="compared">', 1)[1].split("</section>", 1)[0]
+    assert "got worse since then" in compared and '<a href="#label_pairing">' in compared
+    assert f'href="../{first.name}/index.html"' in compared

@@ -80,6 +80,17 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any], a_dir: Path, b_dir: Path
     return diff
 
 
+def comparison_block(previous_dir: Path, previous: Mapping[str, Any], record: Mapping[str, Any],
+                     noise: float = 0.10) -> dict[str, Any]:
+    """results.json's `compared_with`: this run against the previous complete preflight of the same
+    pipeline, as `recipe diff` would show it (the report's "Compared with the previous run")."""
+    diff = compare(previous, record, Path(previous_dir), Path("."), noise)
+    return {"run_dir": str(previous_dir), "created_utc": previous.get("created_utc"),
+            "overall": previous.get("overall"), "noise": noise, "differs": diff.differs,
+            "worse": diff.worse, "better": diff.better, "moved": diff.moved, "accuracy": diff.accuracy,
+            "timings": diff.timings}
+
+
 def moved(a: Any, b: Any, threshold: Any = None, noise: float = 0.10) -> bool:
     """Whether a measured value changed by more than run-to-run noise (see the module docstring)."""
     x, y = _number(a), _number(b)
