@@ -10,6 +10,7 @@ import torch
 
 from checks.result import CheckResult, Figure, Verdict, holds, not_applicable
 from checks.sampling import capture_model_input, denormalise, first_batches, generator
+from recipe.data import unit_pixels
 from recipe.pipeline import Pipeline
 
 STAGE = "skeleton"
@@ -75,7 +76,7 @@ def _pairing_mismatches(pipeline: Pipeline, split: str, batches) -> dict[str, in
         neighbours = (source.labels[(batch.idx + 1) % len(source)], source.labels[(batch.idx - 1) % len(source)],
                       labels.roll(1), labels.roll(-1))  # the next example in the source, or in the batch
         counts["shifted"] += max((batch.y == n).sum().item() for n in neighbours)
-        pixels = source.images[batch.idx].float() / 255.0
+        pixels = unit_pixels(source.images[batch.idx], pipeline.data.value_range)  # [0, 1], as denormalise gives
         if batch.x.numel() != pixels.numel():
             counts["pixel_mismatches"] += len(batch.y)
         else:
@@ -86,7 +87,7 @@ def _pairing_mismatches(pipeline: Pipeline, split: str, batches) -> dict[str, in
     return counts
 
 
-PIXEL_TOLERANCE = 0.5 / 255  # half a grey level, after undoing the declared normalisation
+PIXEL_TOLERANCE = 0.5 / 255  # half an 8-bit grey level in [0, 1] pixels, after undoing the declared normalisation
 
 
 def label_pairing(pipeline: Pipeline, n_batches: int = 20, n_eval_batches: int = 5) -> CheckResult:

@@ -37,7 +37,9 @@ class Figure:
     """Data for one figure; `checks/report/figures.py` draws it. Check code never touches matplotlib.
 
     kinds and their `data`:
-      images:    images (N, H, W) array-like, captions [str]*N, optional cmap ("gray" | "signed")
+      images:    images (N, H, W) or (N, C, H, W) array-like: uint8 0..255 or float in [0, 1] (3 channels
+                 drawn in colour, else the first in grey, stretched per image), captions [str]*N,
+                 optional cmap ("gray" | "signed"), ncols
       lines:     series {name: [y, ...]}, optional x [..], xlabel, ylabel, hline (float)
       bars:      categories [str], series {name: [value per category]}, optional ylabel, hline
       histogram: values (1-D array-like), optional bins, xlabel

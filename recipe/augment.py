@@ -1,6 +1,7 @@
 """Optional, label-preserving augmentations on batched tensors (off by default: "simplify" first).
 
-An augmentation takes float pixels in [0, 1] shaped (B, 1, H, W) and returns the same shape.
+An augmentation takes float pixels in [0, 1] shaped (B, C, H, W) (the raw pixels scaled by the data's
+declared value range) and returns the same shape.
 Digits are not mirror-symmetric and 6/9 swap under 180 degrees, so only small shifts and
 rotations are label-preserving here. A user can plug in any callable of that shape, e.g. a
 torchvision.transforms.v2 transform wrapped with `per_image`.

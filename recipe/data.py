@@ -1,10 +1,11 @@
 """Data sources, splits, normalisation and batches, all as whole tensors in memory.
 
 `load_data` picks a source (mnist / fashion-mnist / cifar10 / folder / sample / auto), splits it
-stratified with a fixed seed, and puts it on the device. Images are `(N, C, H, W)` uint8 of any size
-and channel count; normalisation is per channel, with stats from train only. `TensorBatches` draws batches by indexing those tensors: no
-per-sample Python work, and every batch carries the indices of its examples so checks can trace
-each one back to the source.
+stratified with a fixed seed, and puts it on the device. Images are `(N, C, H, W)` of any size and
+channel count: uint8 0..255 (every source here), or float with a declared `value_range` (a user's own
+data, `recipe/datasets.py`). Normalisation is per channel, with stats from train only.
+`TensorBatches` draws batches by indexing those tensors: no per-sample Python work, and every batch
+carries the indices of its examples so checks can trace each one back to the source.
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ SPLIT_SEED = 0  # splits never move with the training seed, so val and test stay
 SAMPLE_TEST_PER_CLASS, SAMPLE_VAL_PER_CLASS = 100, 50  # 5k sample -> 3500 / 500 / 1000
 FULL_VAL_FRACTION = 1 / 12  # 60k train -> 55k train + 5k val
 FOLDER_TEST_FRACTION, FOLDER_VAL_FRACTION = 0.15, 0.1  # one folder of images: 15% test, then 10% of the rest val
+UINT8_RANGE = (0.0, 255.0)  # the value range of 8-bit pixels: the default declared range
 
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # (N, C, H, W) uint8 pixels 0..255, on the device
+    images: torch.Tensor  # (N, C, H, W) raw pixels in the bundle's value_range (uint8 0..255 by default), on the device
     labels: torch.Tensor  # (N,) int64, on the device
 
     def __len__(self) -> int:
@@ -42,8 +44,12 @@ class DataBundle:
     val: Split
     test: Split
     class_names: tuple[str, ...]
-    source: str  # which source was used: mnist, fashion-mnist or sample
+    source: str  # which source was used: mnist, fashion-mnist, cifar10, folder, sample, or the user's name
     reason: str  # one line saying why that source was picked
+    # The range the raw pixels are declared to span, in every split: (0, 255) for uint8, (0, 1) for
+    # float images as ToTensor gives them. Normalisation, the integrity check and the figures read
+    # pixels through it, so nothing else assumes 255.
+    value_range: tuple[float, float] = UINT8_RANGE
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -55,19 +61,23 @@ class DataBundle:
 
 @dataclass(frozen=True, eq=False)
 class NormStats:
-    """Per-channel mean and std of train pixels scaled to [0, 1]; the net sees (pixels / 255 - mean) / std.
+    """Per-channel mean and std of train pixels scaled to [0, 1] by their declared `value_range`
+    (low, high): the net sees ((pixels - low) / (high - low) - mean) / std, which for uint8 is
+    (pixels / 255 - mean) / std.
 
-    Both are float32 tensors shaped (C, 1, 1) on the data's device, so they broadcast over a
-    (B, C, H, W) batch: `x * norm.std + norm.mean` undoes the normalisation.
+    mean and std are float32 tensors shaped (C, 1, 1) on the data's device, so they broadcast over a
+    (B, C, H, W) batch: `x * norm.std + norm.mean` undoes the normalisation, back to [0, 1] pixels.
     """
     mean: torch.Tensor
     std: torch.Tensor
+    value_range: tuple[float, float] = UINT8_RANGE
 
     @classmethod
-    def of(cls, mean, std, device: str | torch.device = "cpu") -> "NormStats":
+    def of(cls, mean, std, device: str | torch.device = "cpu",
+           value_range: tuple[float, float] = UINT8_RANGE) -> "NormStats":
         def column(values) -> torch.Tensor:
             return torch.as_tensor(values, dtype=torch.float32, device=device).reshape(-1, 1, 1)
-        return cls(column(mean), column(std))
+        return cls(column(mean), column(std), (float(value_range[0]), float(value_range[1])))
 
     def describe(self) -> str:
         def listed(t: torch.Tensor) -> str:
@@ -136,8 +146,8 @@ def _idx_source(source: str, data_dir: Path, download: bool):
 
 def _cifar10(data_dir: Path, download: bool):
     folder = image_sources.find_cifar10(data_dir)
-    classes = image_sources.CIFAR10_CLASSES
     if folder is not None:
+        classes = image_sources.cifar10_class_names(folder)  # batches.meta's label_names
         return image_sources.read_cifar10(folder), classes, f"read CIFAR-10 batches from {folder}"
     if not download or not network_is_up():
         why = "downloads are off" if not download else "the network is unreachable"
@@ -150,7 +160,8 @@ def _cifar10(data_dir: Path, download: bool):
             torchvision.datasets.CIFAR10(root=str(data_dir), train=train, download=True)
     except (OSError, RuntimeError) as err:
         raise DataError(f"downloading CIFAR-10 into {data_dir} failed ({err}); copy the batches by hand") from None
-    return image_sources.read_cifar10(data_dir / image_sources.CIFAR10_FOLDER), classes, \
+    folder = data_dir / image_sources.CIFAR10_FOLDER
+    return image_sources.read_cifar10(folder), image_sources.cifar10_class_names(folder), \
         f"downloaded CIFAR-10 into {data_dir}"
 
 
@@ -259,19 +270,34 @@ def _to_device(raw: dict[str, sources.RawSplit], classes, source, reason, device
 
 # ---------------------------------------------------------------- normalisation and batches
 
-def pixel_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of `images` / 255 for (N, C, H, W) images.
+def unit_pixels(images: torch.Tensor, value_range: tuple[float, float] = UINT8_RANGE,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Raw pixels in their declared range (low, high) -> [0, 1] as a new `dtype` tensor: (p - low) / (high - low).
+
+    For uint8 0..255 this is exactly `images.float() / 255`; the caller's tensor is never changed.
+    """
+    low, high = value_range
+    out = images.to(dtype, copy=True)
+    if low:
+        out.sub_(low)
+    return out.div_(high - low)
+
+
+def pixel_mean_std(images: torch.Tensor, value_range: tuple[float, float] = UINT8_RANGE
+                   ) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (N, C, H, W) `images` scaled to [0, 1] by their declared range.
 
     uint8 images are counted exactly, from a histogram of the 256 pixel values per channel (no
-    float copy of the data); float images are taken as 0..255 values too.
+    float copy of the data); float images in plain float64 maths.
     """
     if images.dim() != 4:
         raise DataError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    low, high = value_range
     means, stds = [], []
     for c in range(images.shape[1]):
         channel = images[:, c]
-        if channel.is_floating_point():  # a user's float images: plain float64 maths
-            pixels = channel.double() / 255.0
+        if channel.is_floating_point():
+            pixels = unit_pixels(channel, value_range, torch.float64)
             means.append(pixels.mean().item())
             stds.append(pixels.std().item())
             continue
@@ -280,35 +306,36 @@ def pixel_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
         n = counts.sum().item()
         mean = (counts * values).sum().item() / n
         variance = (counts * (values - mean) ** 2).sum().item() / max(n - 1, 1)
-        means.append(mean / 255.0)
-        stds.append(math.sqrt(variance) / 255.0)
+        means.append((mean - low) / (high - low))
+        stds.append(math.sqrt(variance) / (high - low))
     return means, stds
 
 
-def norm_stats(split: Split) -> NormStats:
+def norm_stats(split: Split, value_range: tuple[float, float] = UINT8_RANGE) -> NormStats:
     """Per-channel pixel mean and std of one split, which should be train: never val or test."""
-    mean, std = pixel_mean_std(split.images)
+    mean, std = pixel_mean_std(split.images, value_range)
     std = [s if s > 0 else 1.0 for s in std]  # a constant channel: leave it centred, don't divide by 0
-    return NormStats.of(mean, std, split.images.device)
+    return NormStats.of(mean, std, split.images.device, value_range)
 
 
 def normalize(images: torch.Tensor, stats: NormStats) -> torch.Tensor:
-    """uint8 (N, C, H, W) 0..255, or float (N, C, H, W) in [0, 1] -> normalised float (N, C, H, W)."""
-    # The same three float32 operations as (x / 255 - mean) / std, done in place on one new tensor:
-    # on a full split ~2x faster than allocating a copy for each.
-    if images.dtype == torch.uint8:
-        out = images.float().div_(255.0).sub_(stats.mean)
-    else:
-        out = images - stats.mean  # a new tensor: the caller's is left alone
-    return out.div_(stats.std).contiguous()
+    """Raw (N, C, H, W) pixels in `stats.value_range` -> normalised float (N, C, H, W)."""
+    # The same float32 operations as ((x - low) / (high - low) - mean) / std, done in place on one
+    # new tensor: on a full split ~2x faster than allocating a copy for each.
+    return unit_pixels(images, stats.value_range).sub_(stats.mean).div_(stats.std).contiguous()
+
+
+def standardise(pixels: torch.Tensor, stats: NormStats) -> torch.Tensor:
+    """Float pixels already in [0, 1] (an augmented batch) -> normalised, as a new tensor."""
+    return (pixels - stats.mean).div_(stats.std).contiguous()
 
 
 class TensorBatches:
     """The default batch function: normalised batches drawn by indexing in-memory tensors.
 
     Each split is normalised once and cached, so a batch costs one index_select. With augmentation
-    on, the raw batch is augmented in [0, 1] pixel space first (so rotations fill with true
-    background), then normalised.
+    on, the raw batch is scaled to [0, 1] pixel space and augmented there first (so rotations fill
+    with the bottom of the range, true background for dark-background images), then normalised.
     """
 
     def __init__(self, data: DataBundle, stats: NormStats, batch_size: int,
@@ -333,8 +360,8 @@ class TensorBatches:
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             if use_augment:
-                pixels = source.images.index_select(0, idx).float().div_(255.0)  # (B, C, H, W) in [0, 1]
-                x = normalize(self.augment(pixels), self.stats)
+                pixels = unit_pixels(source.images.index_select(0, idx), self.stats.value_range)  # (B, C, H, W)
+                x = standardise(self.augment(pixels), self.stats)
             else:
                 x = normalised.index_select(0, idx)
             yield Batch(x, source.labels.index_select(0, idx), idx)

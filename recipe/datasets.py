@@ -9,6 +9,10 @@ back to its source by index, so they need the pixels, not a stream. The transfor
 image as a (C, H, W) tensor in [0, 1] (ToTensor, or PIL images, which are converted the same way)
 and must be deterministic: normalisation is the harness's (per channel, from train only) and
 augmentation belongs in the pipeline's `augment`, where the checks can see it.
+
+Images that are all whole 8-bit levels (k / 255, as ToTensor makes of PNGs, JPEGs and CIFAR-10) are
+kept as uint8, 4x smaller and exact; any other float image (a Resize with antialiasing, a float
+source) keeps every split as float32 with the declared value range (0, 1), so nothing is quantised.
 """
 from __future__ import annotations
 
@@ -17,10 +21,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from recipe.data import SPLIT_SEED, DataBundle, Split, stratified_holdout
+from recipe.data import SPLIT_SEED, UINT8_RANGE, DataBundle, Split, stratified_holdout
 from recipe.errors import DataError
 
 VAL_FRACTION = 0.1  # of train, per class, when no val set is given
+UNIT_RANGE = (0.0, 1.0)  # the declared range of float images, as ToTensor gives them
+LEVEL_TOLERANCE = 1e-6  # float32 k / 255 is within ~3e-8 of k / 255: anything further is not an 8-bit level
 
 
 def bundle_from_datasets(train, test, val=None, *, class_names: Sequence[str] | None = None,
@@ -29,7 +35,10 @@ def bundle_from_datasets(train, test, val=None, *, class_names: Sequence[str] | 
     splits = {"train": _read(train, "train"), "test": _read(test, "test")}
     if val is not None:
         splits["val"] = _read(val, "val")
-    else:
+    as_float = any(s.images.is_floating_point() for s in splits.values())
+    if as_float:  # one split has images between 8-bit levels: keep every split float, one declared range
+        splits = {name: Split(_as_unit_float(s.images), s.labels) for name, s in splits.items()}
+    if val is None:
         generator = torch.Generator().manual_seed(SPLIT_SEED)
         full = splits["train"]
         kept, held = stratified_holdout(full.labels, lambda n: max(round(n * VAL_FRACTION), 1 if n >= 3 else 0),
@@ -44,7 +53,8 @@ def bundle_from_datasets(train, test, val=None, *, class_names: Sequence[str] | 
     device = torch.device(device)
     moved = {name: Split(s.images.to(device), s.labels.to(device)) for name, s in splits.items()}
     reason = f"read from {type(train).__name__} datasets ({', '.join(f'{k} {len(v)}' for k, v in moved.items())})"
-    return DataBundle(moved["train"], moved["val"], moved["test"], names, source, reason)
+    return DataBundle(moved["train"], moved["val"], moved["test"], names, source, reason,
+                      value_range=UNIT_RANGE if as_float else UINT8_RANGE)
 
 
 def _read(dataset, split: str) -> Split:
@@ -59,16 +69,28 @@ def _read(dataset, split: str) -> Split:
         raise DataError(f"the {split} dataset gives a different image each time it is read: its transform is random. "
                         "Keep only deterministic transforms (ToTensor, Resize) there and put augmentation in the "
                         "pipeline's `augment`")
-    images = torch.empty((n, *first[0].shape), dtype=torch.uint8)
+    images = torch.empty((n, *first[0].shape), dtype=torch.uint8)  # becomes float32 at the first off-level image
     labels = torch.empty(n, dtype=torch.int64)
     for i in range(n):
         image, label = first if i == 0 else _item(dataset, i, split)
         if image.shape != images.shape[1:]:
             raise DataError(f"{split} item {i} is an image of shape {tuple(image.shape)}, item 0 of "
                             f"{tuple(images.shape[1:])}; add a Resize to the transform")
-        images[i] = image.mul(255).round_().to(torch.uint8)
+        if images.dtype == torch.uint8:
+            levels = image.mul(255).round_()
+            if (levels / 255 - image).abs().max() <= LEVEL_TOLERANCE:
+                images[i] = levels.to(torch.uint8)
+            else:
+                images = _as_unit_float(images)
+        if images.is_floating_point():
+            images[i] = image
         labels[i] = label
     return Split(images, labels)
+
+
+def _as_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 0..1 (exactly k / 255); float images as they are."""
+    return images if images.is_floating_point() else images.float().div_(255)
 
 
 def _item(dataset, i: int, split: str) -> tuple[torch.Tensor, int]:

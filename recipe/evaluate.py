@@ -65,13 +65,13 @@ def shift_robustness(model: nn.Module, pipeline: Pipeline, max_shift: int = 4,
     """Accuracy on up to `max_examples` test images moved -max_shift..max_shift pixels each way.
 
     The shift is applied to the batches exactly as the model receives them, with the vacated pixels
-    set to normalised background (raw 0). Returns ([], 0) when the inputs are not images of the
-    data's (H, W) in their last two dimensions or flattened.
+    set to normalised background (the bottom of the declared value range: raw 0 for uint8). Returns
+    ([], 0) when the inputs are not images of the data's (H, W) in their last two dimensions or flattened.
     """
     image_shape = tuple(pipeline.data.test.images.shape[-2:])
     if pipeline.data.test.images.dim() < 3:
         return [], 0
-    background = (0.0 - pipeline.norm.mean) / pipeline.norm.std  # (C, 1, 1): raw 0 in every channel
+    background = (0.0 - pipeline.norm.mean) / pipeline.norm.std  # (C, 1, 1): pixel 0 of [0, 1] in every channel
     batches, count = [], 0
     for batch in pipeline.batches("test", shuffle=False, augment=False):
         if batch.x[0].numel() % (image_shape[0] * image_shape[1]):

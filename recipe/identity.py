@@ -4,7 +4,8 @@
 so each part must change whenever what would train changes:
 - code: the user's pipeline files (the factory's module and the user's modules it imports) and
   the harness's own sources (a new version of a check re-checks);
-- data: a hash of every split's images and labels, byte for byte;
+- data: a hash of every split's images and labels, byte for byte, the class names and the declared
+  pixel value range;
 - config: every setting, and the pipeline's name and spec;
 - device: cpu or cuda.
 `parts` are kept beside the fingerprint in results.json, so a new preflight can say what changed.
@@ -41,6 +42,7 @@ def data_hash(data) -> str:
         split = data.split(name)
         chunks += [name.encode(), tensor_bytes(split.images), tensor_bytes(split.labels)]
     chunks.append(json.dumps(list(data.class_names)).encode())
+    chunks.append(json.dumps([float(v) for v in data.value_range]).encode())  # same bytes, other range: other inputs
     return _digest(chunks)
 
 

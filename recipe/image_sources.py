@@ -54,6 +54,18 @@ def read_cifar10(folder: Path) -> dict[str, RawSplit]:
     return splits
 
 
+def cifar10_class_names(folder: Path) -> tuple[str, ...]:
+    """The class names `batches.meta` lists (b"label_names"), as CIFAR-10 ships them; CIFAR10_CLASSES
+    when the file is absent or lists something else than one name per class of 10."""
+    meta = folder / "batches.meta"
+    if not meta.is_file():
+        return CIFAR10_CLASSES
+    names = _unpickle(meta).get(b"label_names")
+    if not isinstance(names, list) or len(names) != len(CIFAR10_CLASSES):
+        return CIFAR10_CLASSES
+    return tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as handle:

@@ -34,7 +34,8 @@ class Pipeline:
     """What a classifier's training code is made of, as `fit` runs it and the checks see it.
 
     - `data`: raw splits and class names, the source every example is traced back to.
-    - `norm`: the normalisation stats the batches use (x = (pixels/255 - mean) / std).
+    - `norm`: the normalisation stats the batches use (x = (pixels/255 - mean) / std for uint8; pixels
+      are first scaled to [0, 1] by `data.value_range`, the declared range of the raw pixels).
     - `batches(split, *, shuffle, augment, generator)`: yields Batch(x, y, idx), x exactly as the
       model receives it and idx the examples' positions in `data.<split>`.
     - `augment`: the optional augmentation on float [0, 1] batches, or None.
@@ -99,7 +100,7 @@ class Pipeline:
 def build_pipeline(name: str, config: TrainConfig, data: DataBundle,
                    model_class: Callable[..., nn.Module], step: StepFn = train_step) -> Pipeline:
     """A pipeline whose every factory is derived from `config`, once, here."""
-    stats = norm_stats(data.train)  # train split only: val and test never inform preprocessing
+    stats = norm_stats(data.train, data.value_range)  # train split only: val and test never inform preprocessing
     augment_factory = AUGMENTATIONS[config.augment]
     augment = augment_factory() if augment_factory else None
     device = data.train.labels.device

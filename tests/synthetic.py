@@ -1,7 +1,10 @@
 """Small image data sets in real file formats, written by the tests: CIFAR-10 python pickles and
 folders of PNGs. The images are shapes on a dark background (bright shape, random colours,
 position and size), so the class lives in the shape, as it does in real photos, and no single
-pixel gives it away."""
+pixel gives it away.
+
+`write_colour_digits` is the bug zoo's second, 3-channel data set: the real `sample` digits as 3x32x32
+colour images, written as CIFAR-10 pickles so the zoo reads them through the real `cifar10` source."""
 from __future__ import annotations
 
 import pickle
@@ -82,6 +85,47 @@ class _Python2Pickler(pickle._Pickler):
         self.memoize(value)
 
     dispatch[bytes] = save_py2_str
+
+
+def colour_digits(grey: np.ndarray, seed: int) -> np.ndarray:
+    """(N, 28, 28) uint8 grey digits -> (N, 32, 32, 3) uint8 colour digits: padded by 2 on each side
+    and drawn with a random background and a random foreground colour per image (seeded).
+
+    The background is dark and the stroke bright in every channel (background 0..99, stroke 150..255
+    per channel), as in the grey digits: the shape carries the class, the colours carry nothing, and a
+    model linear in the pixels still applies. Random polarity would make the set a different problem
+    (a digit and its negative), not a colour version of the same one.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(grey)
+    alpha = np.pad(grey, ((0, 0), (2, 2), (2, 2))).astype(np.float64)[..., None] / 255.0  # (N, 32, 32, 1)
+    background = rng.integers(0, 100, (n, 1, 1, 3)).astype(np.float64)
+    stroke = rng.integers(150, 256, (n, 1, 1, 3)).astype(np.float64)
+    return np.rint(background + (stroke - background) * alpha).astype(np.uint8)
+
+
+def write_colour_digits(folder: Path, data=None, seed: int = 0) -> Path:
+    """`folder/cifar-10-batches-py/`: the `sample` digits (or `data`, a 1x28x28 DataBundle) as colour
+    CIFAR-10 batches; train + val go to data_batch_1..5, test to test_batch, and batches.meta names
+    the classes "0".."9"."""
+    if data is None:
+        from recipe.data import load_data
+        data = load_data("sample", download=False)
+    out = folder / "cifar-10-batches-py"
+    out.mkdir(parents=True, exist_ok=True)
+    splits = {"train": (np.concatenate([data.train.images.cpu().numpy(), data.val.images.cpu().numpy()]),
+                        np.concatenate([data.train.labels.cpu().numpy(), data.val.labels.cpu().numpy()])),
+              "test": (data.test.images.cpu().numpy(), data.test.labels.cpu().numpy())}
+    for offset, (name, (images, labels)) in enumerate(splits.items()):
+        flat = colour_digits(images[:, 0], seed * 2 + offset).transpose(0, 3, 1, 2).reshape(len(images), -1)
+        parts = np.array_split(np.arange(len(labels)), 5) if name == "train" else [np.arange(len(labels))]
+        for i, part in enumerate(parts):
+            file = f"data_batch_{i + 1}" if name == "train" else "test_batch"
+            _pickle(out / file, {b"batch_label": f"{file} of colour digits".encode(), b"labels": labels[part].tolist(),
+                                 b"data": flat[part], b"filenames": [f"{name}{j}.png".encode() for j in part]})
+    _pickle(out / "batches.meta", {b"label_names": [str(c).encode() for c in data.class_names],
+                                   b"num_cases_per_batch": len(splits["train"][1]) // 5, b"num_vis": flat.shape[1]})
+    return out
 
 
 def _pickle(path: Path, value: dict) -> None:

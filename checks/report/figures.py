@@ -61,6 +61,8 @@ def _images(data: dict[str, Any]) -> MplFigure:
     A grid that had to be cut says so under it.
     """
     images = _array(data["images"], "images")
+    if images.dtype == np.uint8:  # 8-bit pixels; float images come in [0, 1] (checks scale by the declared range)
+        images = images / 255.0
     if images.ndim == 4 and images.shape[1] == 3:  # (N, 3, H, W) colour -> (N, H, W, 3)
         images = images.transpose(0, 2, 3, 1)
     elif images.ndim == 4:  # (N, 1, H, W), or channels that are not colours: the first one, in grey
@@ -116,10 +118,10 @@ def _images(data: dict[str, Any]) -> MplFigure:
 def _scaled(image: np.ndarray, signed: bool, rgb: bool) -> np.ndarray:
     """One image in its colour map's range, scaled on its own (as when each image had its own Axes)."""
     low, high = float(np.nanmin(image)), float(np.nanmax(image))
-    if rgb:  # uint8 0..255 or float [0, 1]; signed weights stretched per image
-        if signed:
+    if rgb:  # pixels in [0, 1] drawn as they are; signed weights, or values outside [0, 1], stretched per image
+        if signed or low < 0.0 or high > 1.0:
             return (image - low) / ((high - low) or 1.0)
-        return np.clip(image / 255.0 if high > 1.0 else image, 0.0, 1.0)
+        return image
     if signed:  # centred at 0: -1..1 for the RdBu map
         return image / (max(abs(low), abs(high)) or 1.0)
     return (image - low) / (high - low) if high > low else np.zeros_like(image)
