@@ -21,7 +21,7 @@ def tiled(data, scale: int):
 
     from recipe.data import Split
 
-    grow = lambda s: Split(s.images.repeat(scale, 1, 1), s.labels.repeat(scale))
+    grow = lambda s: Split(s.images.repeat(scale, *[1] * (s.images.dim() - 1)), s.labels.repeat(scale))
     return replace(data, train=grow(data.train), val=grow(data.val), test=grow(data.test))
 
 

@@ -7,7 +7,7 @@ import torch
 
 from checks.result import CheckResult, Figure, Verdict, measured, not_applicable
 from checks.sampling import stacked
-from recipe.data import Split, pixel_mean_std
+from recipe.data import Split, pixel_mean_std, unit_pixels
 from recipe.pipeline import Pipeline
 
 STAGE = "data"
@@ -15,14 +15,19 @@ SPLITS = ("train", "val", "test")
 
 
 def integrity(pipeline: Pipeline) -> CheckResult:
-    """Shapes, dtypes, NaN/Inf, raw range, labels in [0, C), non-empty splits, same label set everywhere.
+    """Shapes, dtypes, NaN/Inf, raw pixels within the declared value range, labels in [0, C), non-empty
+    splits, same label set everywhere.
 
-    Catches: truncated or mis-parsed files, NaN/Inf pixels, labels out of range, a class missing
-    from one split (e.g. filtered away by mistake).
+    Catches: truncated or mis-parsed files, NaN/Inf pixels, pixels outside the range the data declares
+    (float images already normalised, or in 0..255 declared as 0..1), labels out of range, a class
+    missing from one split (e.g. filtered away by mistake).
     """
     problems, rows = [], []
     num_classes = pipeline.num_classes
     label_sets = {}
+    range_low, range_high = pipeline.data.value_range
+    if not range_low < range_high:
+        problems.append(f"the declared value range {range_low:g}..{range_high:g} is empty")
     for name in SPLITS:
         split = pipeline.data.split(name)
         images, labels = split.images, split.labels
@@ -37,8 +42,9 @@ def integrity(pipeline: Pipeline) -> CheckResult:
         row.update({"min": low, "max": high, "nan_or_inf": bad})
         if bad:
             problems.append(f"{name}: {bad} NaN/Inf pixel values")
-        if low is not None and (low < 0 or high > 255):
-            problems.append(f"{name}: raw pixels span {low:g}..{high:g}, outside 0..255")
+        if low is not None and (low < range_low or high > range_high):
+            problems.append(f"{name}: raw pixels span {low:g}..{high:g}, outside the declared range "
+                            f"{range_low:g}..{range_high:g} (DataBundle.value_range)")
         if labels.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
             problems.append(f"{name}: labels have dtype {labels.dtype}, expected an integer type")
         out_of_range = ((labels < 0) | (labels >= num_classes)).sum().item()
@@ -53,11 +59,12 @@ def integrity(pipeline: Pipeline) -> CheckResult:
         if missing:
             names = [pipeline.data.class_names[c] for c in missing if 0 <= c < num_classes]
             problems.append(f"class {', '.join(map(str, names))} is missing from the {name} split")
-    message = ("all splits are non-empty, finite, in range 0..255, with labels in [0, C) and every class in "
-               "every split" if not problems else
+    message = (f"all splits are non-empty, finite, in the declared range {range_low:g}..{range_high:g}, with labels "
+               "in [0, C) and every class in every split" if not problems else
                "data integrity problems: " + "; ".join(problems) +
                ". Likely causes: a truncated or mis-parsed file, a filter that dropped a class, labels "
-               "shifted or encoded differently (1-based?), NaNs from a bad conversion.")
+               "shifted or encoded differently (1-based?), NaNs from a bad conversion, images already "
+               "normalised or scaled differently from the range they declare.")
     return CheckResult("integrity", STAGE, Verdict.FAIL if problems else Verdict.PASS, float(len(problems)),
                        0.0, "==", message, details={"splits": rows})
 
@@ -117,43 +124,6 @@ def class_balance(pipeline: Pipeline, max_ratio: float = 10.0, max_shift: float 
                        max_shift, "<=", warn if imbalanced else ok, **extra)
 
 
-def image_hashes(images: torch.Tensor) -> list[int]:
-    flat = images.reshape(len(images), -1).cpu().contiguous().numpy()
-    return [hash(row.tobytes()) for row in flat]
-
-
-def duplicates_and_leakage(pipeline: Pipeline, max_leak_fraction: float = 0.001) -> CheckResult:
-    """Exact duplicate images within each split and across splits, found by hashing the raw bytes.
-
-    Catches: test (or val) images leaked into train, and val and test sharing images (the model is
-    chosen on the very images it is then graded on), which make held-out numbers a lie.
-    """
-    hashes = {s: image_hashes(pipeline.data.split(s).images) for s in SPLITS}
-    within = {s: len(h) - len(set(h)) for s, h in hashes.items()}
-    train = set(hashes["train"])
-    leaked = {s: sum(h in train for h in hashes[s]) for s in ("val", "test")}
-    val_set = set(hashes["val"])
-    val_test = sum(h in val_set for h in hashes["test"])
-    fractions = {s: leaked[s] / max(len(hashes[s]), 1) for s in leaked}
-    fractions["test in val"] = val_test / max(len(hashes["test"]), 1)
-    worst_pair = max(fractions, key=fractions.get)
-    worst = fractions[worst_pair]
-    details = {"duplicates_within": within, "found_in_train": leaked, "test_images_in_val": val_test}
-    ok = (f"no held-out image appears in train ({leaked['val']} val, {leaked['test']} test images found in train), "
-          f"{val_test} test images are in val; duplicates within splits: {within}.")
-    if worst_pair == "test in val":
-        fail = (f"leakage: {val_test} test images ({worst:.2%}) are exact copies of val images (limit "
-                f"{max_leak_fraction:.1%}): val and test overlap, so the model and its settings are chosen on the "
-                "very images that grade them. Likely cause: val and test were cut from overlapping ranges, or one "
-                "file was used for both.")
-    else:
-        fail = (f"leakage: {leaked['test']} test images ({fractions['test']:.2%}) and {leaked['val']} val images "
-                f"({fractions['val']:.2%}) are exact copies of train images (limit {max_leak_fraction:.1%}). Test "
-                "images leaked into train: held-out accuracy will be inflated. Likely cause: the splits were built "
-                "from overlapping sources (train concatenated with test, or a re-split without de-duplication).")
-    return measured("duplicates_and_leakage", STAGE, worst, max_leak_fraction, "<=", ok, fail, details=details)
-
-
 def split_sizes(pipeline: Pipeline) -> CheckResult:
     """Train must be the biggest split: a model learns from train, val and test only grade it.
 
@@ -184,7 +154,7 @@ def _effective_norm(pipeline: Pipeline, n_examples: int = 256) -> tuple[list[flo
     images = pipeline.data.train.images[idx]
     if x.numel() != images.numel():
         return [math.nan], [math.nan], math.inf
-    pixels = images.double().reshape(len(idx), images.shape[1], -1) / 255.0
+    pixels = unit_pixels(images, pipeline.data.value_range, torch.float64).reshape(len(idx), images.shape[1], -1)
     seen = x.double().reshape(pixels.shape)
     means, stds, error = [], [], 0.0
     for c in range(pixels.shape[1]):
@@ -213,7 +183,7 @@ def normalisation_stats_source(pipeline: Pipeline, exact: float = 1e-4) -> Check
                            "preprocessing?), so the stats they use cannot be read off; nothing to compare.")
     distances = {}
     for name in SPLITS:
-        ms, ss = pixel_mean_std(pipeline.data.split(name).images)
+        ms, ss = pixel_mean_std(pipeline.data.split(name).images, pipeline.data.value_range)
         distances[name] = max(abs(a - m) / s + abs(b - s) / s for a, b, m, s in zip(mean, std, ms, ss) if s > 0)
     closest = min(distances, key=distances.get)
     details = {"applied_mean": mean, "applied_std": std, "distance_to_split_stats": distances}
@@ -235,7 +205,8 @@ def input_normalisation(pipeline: Pipeline, std_range: tuple[float, float] = (0.
                         max_abs_mean: float = 1.0, n_examples: int = 1024) -> CheckResult:
     """Mean and std of the normalised train batches, exactly what the net is fed.
 
-    Catches: inputs never normalised (0..255), normalised twice, or with the wrong stats.
+    Catches: inputs never normalised (raw 0..255, or the declared value range), normalised twice, or
+    with the wrong stats.
     """
     x, _, _ = stacked(pipeline, "train", n_examples)
     x = x.float()
@@ -247,8 +218,9 @@ def input_normalisation(pipeline: Pipeline, std_range: tuple[float, float] = (0.
     # Each criterion shows its own number, so the shown comparison is the one that decided.
     if top > 50:
         value, threshold, comparison = top, 50.0, "<="
+        low_raw, high_raw = pipeline.data.value_range
         why = (f"inputs look un-normalized (max {top:.1f}): did you forget ToTensor/Normalize? The net sees raw "
-               "0..255 pixels, so the logits and gradients are ~255x too large.")
+               f"{low_raw:g}..{high_raw:g} pixels, so the logits and gradients are ~{top:.0f}x too large.")
     elif std > high:
         value, threshold, comparison = std, high, "<="
         why = (f"inputs have std {std:.3f} (expected about 1, allowed {low}..{high}) and mean {mean:.3f}: normalised "
@@ -324,7 +296,7 @@ def label_signal(pipeline: Pipeline, min_explained: float = 0.02, per_class: int
         members = torch.nonzero(train.labels == c).flatten()
         if len(members) == 0:
             continue
-        grid.extend(train.images[members[:per_class]].cpu())
+        grid.extend(unit_pixels(train.images[members[:per_class]], pipeline.data.value_range).cpu())  # [0, 1]
         captions.extend([names[c]] * min(per_class, len(members)))
         means.append(pixels[members].mean(0))
         counts.append(len(members))
@@ -334,10 +306,12 @@ def label_signal(pipeline: Pipeline, min_explained: float = 0.02, per_class: int
     total = pixels.var(0, unbiased=False).sum().item()
     explained = between / total if total > 0 else 0.0
     shape = tuple(train.images.shape[1:])
+    low, high = pipeline.data.value_range
     figures = [
         Figure("images", f"{per_class} training examples per class", {"images": torch.stack(grid).numpy(),
                                                                       "captions": captions, "ncols": per_class}),
-        Figure("images", "mean image per class", {"images": class_means.reshape(-1, *shape).float().cpu().numpy(),
+        Figure("images", "mean image per class", {"images": ((class_means - low) / (high - low)).reshape(-1, *shape)
+                                                  .float().cpu().numpy(),
                                                   "captions": [names[c] for c in range(len(names))
                                                                if (train.labels == c).any()]}),
         Figure("histogram", "raw pixel values (2,000 train images)", {

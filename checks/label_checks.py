@@ -17,23 +17,25 @@ import math
 
 import torch
 
-from checks.data_checks import image_hashes
+from checks.near_copies import image_hashes
 from checks.result import CheckResult, Figure, measured, not_applicable
-from recipe.data import Split
+from recipe.data import UINT8_RANGE, Split, unit_pixels
 from recipe.pipeline import Pipeline
 
 STAGE = "data"
 
 
-def _features(images: torch.Tensor) -> torch.Tensor:
-    """Raw pixels in [0, 1], flattened, plus a constant column for the bias; float64 for the solve."""
-    pixels = images.reshape(len(images), -1).to(torch.float64) / 255.0
+def _features(images: torch.Tensor, value_range: tuple[float, float] = UINT8_RANGE) -> torch.Tensor:
+    """Raw pixels scaled to [0, 1] by their declared range, flattened, plus a constant column for the
+    bias; float64 for the solve."""
+    pixels = unit_pixels(images, value_range, torch.float64).reshape(len(images), -1)
     return torch.cat([pixels, torch.ones(len(pixels), 1, dtype=torch.float64)], dim=1)
 
 
-def fit_ridge_probe(split: Split, num_classes: int, ridge: float = 1.0) -> torch.Tensor:
-    """Least-squares one-vs-all: W = (X^T X + ridge I)^-1 X^T onehot(y), an (H*W + 1, C) matrix."""
-    x = _features(split.images)
+def fit_ridge_probe(split: Split, num_classes: int, value_range: tuple[float, float] = UINT8_RANGE,
+                    ridge: float = 1.0) -> torch.Tensor:
+    """Least-squares one-vs-all: W = (X^T X + ridge I)^-1 X^T onehot(y), a (C*H*W + 1, classes) matrix."""
+    x = _features(split.images, value_range)
     targets = torch.nn.functional.one_hot(split.labels.long(), num_classes).to(torch.float64)
     gram = x.T @ x + ridge * torch.eye(x.shape[1], dtype=torch.float64)
     return torch.linalg.solve(gram, x.T @ targets)
@@ -84,8 +86,9 @@ def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, m
         return not_applicable("label_agreement", STAGE,
                               f"too few examples to compare label quality ({len(fit)} to fit the probe, {len(held)} "
                               f"held-out train, {len(reference)} val + test; need {min_scored} of each scored)")
-    weights = fit_ridge_probe(fit, data.num_classes)
-    scores = {name: _features(split.images) @ weights for name, split in (("train", held), ("reference", reference))}
+    weights = fit_ridge_probe(fit, data.num_classes, data.value_range)
+    scores = {name: _features(split.images, data.value_range) @ weights
+              for name, split in (("train", held), ("reference", reference))}
     wrong = {name: scores[name].argmax(1) != split.labels
              for name, split in (("train", held), ("reference", reference))}
     train_error, reference_error = (wrong[n].double().mean().item() for n in ("train", "reference"))
@@ -139,7 +142,7 @@ def label_noise(pipeline: Pipeline, max_floor: float = 0.01, quantile: float = 0
                               f"needs {min_classes}+ classes with {min_per_class}+ held-out train examples each "
                               f"(have {len(rows)} of {num_classes} classes): with fewer, every pair of classes may "
                               "be genuinely confusable")
-    scores = _features(held.images) @ fit_ridge_probe(fit, num_classes)
+    scores = _features(held.images, data.value_range) @ fit_ridge_probe(fit, num_classes, data.value_range)
     predicted = scores.argmax(1)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)  # (given label, probe's class)
     confusion.index_put_((held.labels.long(), predicted), torch.ones(len(predicted), dtype=torch.float64),
@@ -154,7 +157,7 @@ def label_noise(pipeline: Pipeline, max_floor: float = 0.01, quantile: float = 0
                                 "share of each row", {
                           "values": (confusion / counts.clamp(min=1)[:, None]).numpy(),
                           "rows": names, "cols": names, "xlabel": "probe's class", "ylabel": "given label"}),
-               _disagreements_figure(names, scores, held)]
+               _disagreements_figure(names, scores, held, data.value_range)]
     details = {"noise_floor": floor, "quantile": quantile, "quiet_cells": int((off_diagonal == 0).sum()),
                "off_diagonal_cells": len(off_diagonal), "probe_accuracy": probe_accuracy,
                "train_scored": len(held)}
@@ -177,12 +180,13 @@ def _per_class_figure(names: list[str], wrong: dict[str, torch.Tensor], held: Sp
         "ylabel": "probe error"})
 
 
-def _disagreements_figure(names: list[str], scores: torch.Tensor, held: Split, count: int = 16) -> Figure:
+def _disagreements_figure(names: list[str], scores: torch.Tensor, held: Split, value_range: tuple[float, float],
+                          count: int = 16) -> Figure:
     """The held-out train images whose label the probe most confidently rejects."""
     labels = held.labels.long()
     margin = scores.max(1).values - scores.gather(1, labels[:, None]).squeeze(1)
     top = margin.argsort(descending=True)[:count]
     predicted = scores.argmax(1)
     return Figure("images", f"the {len(top)} held-out train images whose label the probe most confidently rejects", {
-        "images": held.images[top].numpy(),
+        "images": unit_pixels(held.images[top], value_range).numpy(),  # [0, 1]
         "captions": [f"label {names[labels[i]]} / probe {names[predicted[i]]}" for i in top.tolist()]})
