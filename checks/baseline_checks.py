@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from checks.reference_run import budgeted_training, reference_run
+from checks.reference_run import budgeted_training, reference_run, shared_per_pipeline
 from checks.result import CheckResult, Figure, Verdict
 from checks.sampling import (PlannedSchedule, accuracy_and_loss, first_batches, fresh_model, has_running_stats,
                              loss_floor, output_family)
@@ -74,6 +74,7 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple
     return (predicted == y).float().mean().item(), predicted
 
 
+@shared_per_pipeline  # run_length reads its step count: one training serves both
 def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int = 300, tolerance: float = 0.05,
                       extend_window: int = 50, extend_min_fall: float = 0.1,
                       max_extended_steps: int = 900) -> CheckResult:
