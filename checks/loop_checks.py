@@ -12,14 +12,13 @@ import warnings
 import torch
 
 from checks.result import CheckResult, Figure, Verdict
-from checks.sampling import fresh_model
+from checks.sampling import fresh_model, planned_lr_curve
 from recipe.optim import describe_optimizer, describe_scheduler
 from recipe.pipeline import Pipeline
 from recipe.train import StepContractError, fit, step_scheduler, training_objects
 from recipe.user_code import describe, where
 
 STAGE = "skeleton"
-MAX_PLOTTED_STEPS = 20_000  # the planned lr curve is replayed step by step; longer runs are cut there
 
 
 def _lrs(optimizer: torch.optim.Optimizer) -> list[float]:
@@ -39,29 +38,6 @@ def _replayed_lrs(pipeline: Pipeline, epochs: int, batches: int, val_losses: lis
                 step_scheduler(scheduler, "step", pipeline)
             step_scheduler(scheduler, "epoch", pipeline, val_losses[epoch] if epoch < len(val_losses) else None)
     return lrs
-
-
-def planned_lr_curve(pipeline: Pipeline) -> tuple[list[int], list[float], int] | None:
-    """(step, lr, planned steps) for the configured run as the scheduler gives it, replayed for at most
-    MAX_PLOTTED_STEPS steps; None when it can't be replayed without training (ReduceLROnPlateau
-    reacts to val losses)."""
-    model = fresh_model(pipeline)
-    optimizer, scheduler = training_objects(pipeline, model)
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        return None
-    total = pipeline.config.epochs * pipeline.steps_per_epoch
-    if scheduler is None:
-        return [0, total], [_lrs(optimizer)[0]] * 2, total
-    steps, lrs = [], []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for step in range(min(total, MAX_PLOTTED_STEPS)):
-            steps.append(step)
-            lrs.append(_lrs(optimizer)[0])
-            step_scheduler(scheduler, "step", pipeline)
-            if (step + 1) % pipeline.steps_per_epoch == 0:
-                step_scheduler(scheduler, "epoch", pipeline)
-    return steps, lrs, total
 
 
 def fit_dry_run(pipeline: Pipeline, epochs: int = 2, batches: int = 3) -> CheckResult:
@@ -113,8 +89,8 @@ def fit_dry_run(pipeline: Pipeline, epochs: int = 2, batches: int = 3) -> CheckR
                "dry_run_losses": losses, "dry_run_lrs": [lrs[0] for lrs in trained_lrs]}
     figures = []
     curve = planned_lr_curve(pipeline)
-    if curve is not None:
-        steps, lrs, total = curve
+    if curve.lrs:
+        steps, lrs, total = curve.steps, curve.lrs, curve.total
         shown = "" if steps[-1] >= total - 1 else f" (the first {len(steps):,} of {total:,} steps)"
         figures.append(Figure("lines", f"the learning rate fit will use, per step, as the pipeline's scheduler "
                               f"gives it{shown}", {"series": {"lr": lrs}, "x": steps, "xlabel": "step",

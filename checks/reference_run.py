@@ -11,6 +11,8 @@ step still gets a preflight of seconds, while the tiny default models get their 
 """
 from __future__ import annotations
 
+import copy
+import functools
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from checks.sampling import PlannedSchedule, first_batches, fresh_model, generator
+from checks.sampling import PlannedSchedule, behaves_differently_in_eval, first_batches, fresh_model, generator
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects
 
@@ -39,6 +41,7 @@ class TrainingRun:
     taken: list[int] = field(default_factory=list)        # steps at which predictions were recorded
     true_class_probability: list[torch.Tensor] = field(default_factory=list)  # (N_WATCHED,) per snapshot
     watched_labels: torch.Tensor | None = None
+    modes: "ModeWatch | None" = None  # train/eval mode of every module during the steps (watched runs)
 
     @property
     def steps(self) -> int:
@@ -50,6 +53,59 @@ class TrainingRun:
             return f"{self.steps} steps"
         return (f"{self.steps} of {self.planned_steps} steps: a step costs {self.seconds_per_step * 1e3:.0f} ms and "
                 f"the budget is {self.budget_s:g} s (--check-budget)")
+
+
+class ModeWatch:
+    """Which modules each step's training forward ran in another mode than `model.train()` gives them.
+
+    `fit` calls model.train() once per epoch; a step that calls model.eval() (to log an accuracy, to
+    evaluate a val batch) and never model.train() again leaves dropout off and BatchNorm on its running
+    statistics for the rest of the epoch. A forward pre-hook on each module whose output depends on
+    its mode (`behaves_differently_in_eval`: only those, so a plain linear model keeps its hook-free
+    fast step) notes its `training` flag whenever it runs with gradients on (a training forward; an
+    evaluation under no_grad is not one). A module trained in another mode in a step when every such
+    call found it in another mode than `expect()` saw right after model.train(): a model whose
+    train() keeps BatchNorm frozen on purpose has it frozen in that baseline already. It also notes
+    the modules a step hands back in another mode than it was given them, which names the step that
+    switched them.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.names = {module: name for name, module in model.named_modules()}  # "" is the model itself
+        self.watched = [name for module, name in self.names.items() if behaves_differently_in_eval(module)]
+        self.expected: dict[nn.Module, bool] = {}
+        self.given: dict[nn.Module, bool] = {}
+        self.called: dict[nn.Module, set[bool]] = {}
+        self.trained_in_other_mode: list[tuple[int, tuple[str, ...]]] = []  # (step, module names)
+        self.left_in_other_mode: list[tuple[int, tuple[str, ...]]] = []     # (step, names it switched)
+        self.forwards_seen = 0  # steps whose training forward ran a watched module
+        modules = dict(model.named_modules())
+        self._handles = [modules[name].register_forward_pre_hook(self._note) for name in self.watched]
+
+    def _note(self, module: nn.Module, args) -> None:
+        if torch.is_grad_enabled():
+            self.called.setdefault(module, set()).add(module.training)
+
+    def expect(self) -> None:
+        """Call right after model.train()."""
+        self.expected = {module: module.training for module in self.names}
+
+    def before_step(self) -> None:
+        self.given = {module: module.training for module in self.names}
+        self.called.clear()
+
+    def after_step(self, step: int) -> None:
+        self.forwards_seen += bool(self.called)
+        other = tuple(self.names[m] for m, modes in self.called.items() if self.expected.get(m, True) not in modes)
+        if other:
+            self.trained_in_other_mode.append((step, other))
+        switched = tuple(self.names[m] for m, was in self.given.items() if m.training != was)
+        if switched:
+            self.left_in_other_mode.append((step, switched))
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False,
@@ -66,28 +122,42 @@ def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = Fal
     limit, epoch, started = steps, 0, time.perf_counter()
 
     def snapshot() -> None:
+        modes = [(module, module.training) for module in model.modules()]
         model.eval()
         with torch.no_grad():
             probabilities = torch.softmax(model(watched_x).float(), 1)
-        model.train()
+        for module, training in modes:  # each module as the step left it: model.train() would hide one left in eval
+            module.training = training
         run.true_class_probability.append(probabilities[torch.arange(len(run.watched_labels)), run.watched_labels].cpu())
         run.taken.append(len(run.losses))
 
     if watch:
         snapshot()
-    while len(run.losses) < limit:
-        for batch in pipeline.batches("train", shuffle=True, augment=False, generator=generator(pipeline, epoch)):
-            x = torch.zeros_like(batch.x) if zero_inputs else batch.x
-            run.losses.append(float(take_step(pipeline, model, optimizer, x, batch.y)))
-            schedule.after_step(len(run.losses))
-            if len(run.losses) == TIMED_STEPS:
-                run.seconds_per_step = (time.perf_counter() - started) / TIMED_STEPS
-                limit = min(steps, max(MIN_STEPS, int(budget / max(run.seconds_per_step, 1e-9))))
-            if watch and len(run.losses) % max(limit // SNAPSHOTS, 1) == 0:
-                snapshot()
-            if len(run.losses) >= limit:
-                break
-        epoch += 1
+        run.modes = ModeWatch(model)
+    try:
+        while len(run.losses) < limit:
+            model.train()  # as fit does at the start of every epoch
+            if run.modes:
+                run.modes.expect()
+            for batch in pipeline.batches("train", shuffle=True, augment=False, generator=generator(pipeline, epoch)):
+                x = torch.zeros_like(batch.x) if zero_inputs else batch.x
+                if run.modes:
+                    run.modes.before_step()
+                run.losses.append(float(take_step(pipeline, model, optimizer, x, batch.y)))
+                if run.modes:
+                    run.modes.after_step(len(run.losses))
+                schedule.after_step(len(run.losses))
+                if len(run.losses) == TIMED_STEPS:
+                    run.seconds_per_step = (time.perf_counter() - started) / TIMED_STEPS
+                    limit = min(steps, max(MIN_STEPS, int(budget / max(run.seconds_per_step, 1e-9))))
+                if watch and len(run.losses) % max(limit // SNAPSHOTS, 1) == 0:
+                    snapshot()
+                if len(run.losses) >= limit:
+                    break
+            epoch += 1
+    finally:
+        if run.modes:
+            run.modes.close()  # the hooks go: later checks read the model as the step left it
     if watch and run.taken[-1] != len(run.losses):
         snapshot()
     if not run.seconds_per_step:
@@ -105,3 +175,23 @@ def reference_run(pipeline: Pipeline) -> TrainingRun:
     run = budgeted_training(pipeline, REFERENCE_STEPS, watch=True)
     _LAST[:] = [(weakref.ref(pipeline), run)]
     return run
+
+
+_SHARED: list[tuple[weakref.ref, dict]] = []
+
+
+def shared_per_pipeline(check):
+    """Keep a check's result for the pipeline being checked (the last pipeline only, as for the
+    reference run), so that a later check reads its measurement instead of training again:
+    `run_length` compares the configured run with the steps `overfit_one_batch` needed. Every call
+    gets its own shallow copy, since the runner writes the duration into the result it receives."""
+    @functools.wraps(check)
+    def shared(pipeline: Pipeline, *args, **kwargs):
+        if not (_SHARED and _SHARED[0][0]() is pipeline):
+            _SHARED[:] = [(weakref.ref(pipeline), {})]
+        results = _SHARED[0][1]
+        key = (check.__name__, args, tuple(sorted(kwargs.items())))
+        if key not in results:
+            results[key] = check(pipeline, *args, **kwargs)
+        return copy.copy(results[key])
+    return shared

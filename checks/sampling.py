@@ -4,8 +4,12 @@ Nothing here keeps state between calls; every random draw is seeded from the pip
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -156,10 +160,52 @@ class PlannedSchedule:
             self._hold(self.peak)
 
 
+MAX_PLANNED_STEPS = 20_000  # the planned lr curve is replayed step by step; longer runs are cut there
+
+
+@dataclass(frozen=True)
+class PlannedLr:
+    """The lr of the first param group at every step of the configured run, as the pipeline's own
+    optimizer and scheduler give it, replayed without training (fit_dry_run plots it, lr_schedule judges it)."""
+    steps: list[int]
+    lrs: list[float]               # empty when it can't be replayed without training (ReduceLROnPlateau)
+    total: int                     # planned steps (epochs x batches); the replay stops at MAX_PLANNED_STEPS
+    scheduler: Any                 # the freshly built scheduler, None for a constant lr
+    base_lr: float                 # the optimizer's own lr, before any scheduler factor
+    stepped_before_training: int   # scheduler.step() calls its factory made before any optimizer step
+
+
+def planned_lr_curve(pipeline: Pipeline) -> PlannedLr:
+    """Replay the configured run's schedule step by step, stepping the scheduler where `fit` does."""
+    model = fresh_model(pipeline)
+    optimizer, scheduler = training_objects(pipeline, model)
+    total = planned_steps(pipeline)
+    first = optimizer.param_groups[0]
+    base_lr = float(first.get("initial_lr", first["lr"]))
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    # a fresh LRScheduler has last_epoch 0: anything more was stepped by its factory, before training
+    stepped = 0 if plateau or scheduler is None else max(int(getattr(scheduler, "last_epoch", 0) or 0), 0)
+    if scheduler is None:
+        return PlannedLr([0, total], [float(first["lr"])] * 2, total, None, base_lr, 0)
+    if plateau:  # it reacts to val losses: no curve without training
+        return PlannedLr([], [], total, scheduler, base_lr, 0)
+    steps, lrs = [], []
+    with warnings.catch_warnings():  # stepping a scheduler without optimizer.step() warns; that is the point
+        warnings.simplefilter("ignore")
+        for step in range(min(total, MAX_PLANNED_STEPS)):
+            steps.append(step)
+            lrs.append(float(optimizer.param_groups[0]["lr"]))
+            step_scheduler(scheduler, "step", pipeline)
+            if (step + 1) % pipeline.steps_per_epoch == 0:
+                step_scheduler(scheduler, "epoch", pipeline)
+    return PlannedLr(steps, lrs, total, scheduler, base_lr, stepped)
+
+
 @torch.no_grad()
 def accuracy_and_loss(pipeline: Pipeline, model: nn.Module, split: str, max_examples: int = 5000,
                       zero_inputs: bool = False) -> tuple[float, float]:
     """Accuracy and cross-entropy (of the logits, whatever the pipeline's loss) on part of a split."""
+    was_training = model.training
     model.eval()
     correct, total_loss, count = 0, 0.0, 0
     for batch in pipeline.batches(split, shuffle=False, augment=False):
@@ -170,7 +216,7 @@ def accuracy_and_loss(pipeline: Pipeline, model: nn.Module, split: str, max_exam
         count += len(batch.y)
         if count >= max_examples:
             break
-    model.train()
+    model.train(was_training)  # as fit's evaluate does: the mode it was given, not train mode
     return correct / count, total_loss / count
 
 
@@ -233,3 +279,21 @@ NORM_WITH_RUNNING_STATS = nn.modules.batchnorm._NormBase  # BatchNorm*d, SyncBat
 def has_running_stats(model: nn.Module) -> bool:
     """Whether eval mode uses statistics gathered during training (batch norm's running mean/var)."""
     return any(isinstance(m, NORM_WITH_RUNNING_STATS) and m.track_running_stats for m in model.modules())
+
+
+def behaves_differently_in_eval(module: nn.Module) -> bool:
+    """Whether the module's output depends on its train/eval mode: dropout, norm layers with running
+    statistics, RNNs and attention with dropout, and the user's own modules whose forward reads
+    `training` (F.dropout(x, training=self.training))."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return True
+    if isinstance(module, NORM_WITH_RUNNING_STATS):
+        return bool(module.track_running_stats)
+    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention)):
+        return float(getattr(module, "dropout", 0) or 0) > 0
+    if type(module).__module__.startswith("torch."):
+        return False
+    try:
+        return "training" in inspect.getsource(type(module).forward)
+    except (OSError, TypeError):  # no source to read: assume it may
+        return True
