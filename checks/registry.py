@@ -3,21 +3,30 @@ from __future__ import annotations
 
 from checks import augmentation_checks as augmentation
 from checks import baseline_checks as baselines
+from checks import capacity_checks as capacity
 from checks import data_checks as data
 from checks import gradient_checks as gradients
 from checks import label_checks as labels
 from checks import loader_checks as loader
 from checks import loop_checks as loop
+from checks import plan_checks as plan
+from checks import schedule_checks as schedule
+from checks import shift_checks as shift
 from checks import skeleton_checks as skeleton
+from checks import split_checks as splits
+from checks import step_checks as step
 
 CHECKS_BY_STAGE = {
-    "data": [data.integrity, data.split_sizes, data.class_balance, data.duplicates_and_leakage,
+    "data": [data.integrity, data.split_sizes, data.class_balance, splits.duplicates_and_leakage,
+             splits.conflicting_labels,
              data.normalisation_stats_source, data.input_normalisation, data.target_leak, data.label_signal, labels.label_agreement,
-             labels.label_noise],
-    "skeleton": [loop.fit_dry_run, skeleton.determinism, loader.what_goes_into_the_net, loader.label_pairing,
+             labels.label_noise, shift.split_shift],
+    "skeleton": [loop.fit_dry_run, schedule.lr_schedule, skeleton.determinism, loader.what_goes_into_the_net, loader.label_pairing,
                  loader.batch_sampling, augmentation.augmentation_consistency, skeleton.output_sanity,
-                 skeleton.eval_determinism, skeleton.loss_at_init, skeleton.batch_independence, gradients.gradient_flow],
+                 skeleton.eval_determinism, skeleton.loss_at_init, skeleton.batch_independence, gradients.gradient_flow,
+                 step.gradient_clipping, capacity.effective_linearity],
     "baselines": [baselines.input_independent_baseline, baselines.overfit_one_batch,
-                  baselines.training_loss_decreases, baselines.prediction_dynamics],
+                  baselines.training_loss_decreases, baselines.prediction_dynamics, plan.run_length,
+                  step.train_mode_kept],
 }
 CHECKS = {check.__name__: (stage, check) for stage, checks in CHECKS_BY_STAGE.items() for check in checks}

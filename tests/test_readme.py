@@ -45,8 +45,22 @@ def test_the_zoo_matrix_has_a_row_for_every_bug_and_says_the_measured_rate():
     matrix = re.search(r"```\n( +1 .*?)```", section, re.S).group(1)
     names = [line.split()[0] for line in matrix.splitlines()[1:] if line and not line.startswith(" ")
              and re.match(r"^[\w:]+ +[PWFES]", line)]
-    assert names == ["clean:linear", "clean:mlp"] + [bug.name for bug in ZOO]
+    assert names == ["clean:linear", "clean:mlp", "clean:cnn"] + [bug.name for bug in ZOO]
     assert len(matrix.splitlines()[0].split()) == len(CHECKS) + 1  # one column per check, then the verdict
     caught = sum("  caught" in line for line in matrix.splitlines())
     assert f"detection rate: {caught}/{len(ZOO)} bugs" in matrix
     assert f"lists {len(ZOO)} realistic bugs" in section
+
+
+def test_the_zoo_section_gives_the_detection_rate_per_data_set():
+    from tests.zoo.catalogue import COLOUR_DIGITS, ZOO
+
+    section = README.read_text().split("## The bug zoo", 1)[1].split("\n## ", 1)[0]
+    rates = dict(re.findall(r"^\| `([\w-]+)` \|.*?\| (\d+/\d+) \|", section, re.M))
+    assert {"sample", COLOUR_DIGITS} <= set(rates)
+    matrix_rate = re.search(r"detection rate: (\d+/\d+) bugs", section).group(1)
+    assert rates["sample"] == matrix_rate  # the table says what the sample matrix measured
+    for data_set in ("sample", COLOUR_DIGITS):
+        caught, total = map(int, rates[data_set].split("/"))
+        declared = sum(bool(bug.on(data_set).must_fail) for bug in ZOO)
+        assert total == len(ZOO) and declared <= caught <= total, data_set  # every declared catch is a catch

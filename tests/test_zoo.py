@@ -1,5 +1,5 @@
 """The bug zoo: every planted bug FAILs the checks it names, with a message naming the cause, and the
-clean pipelines FAIL nothing."""
+clean pipelines FAIL nothing, on the grey `sample` digits and on the 3x32x32 colour digits."""
 from __future__ import annotations
 
 import pytest
@@ -9,13 +9,16 @@ from checks import run_all
 from checks.result import Verdict
 from checks.runner import run_check
 from checks.registry import CHECKS, CHECKS_BY_STAGE
-from tests.zoo.catalogue import CLEAN, ZOO, clean_pipelines, detection_rate, run_zoo
+from tests.zoo.catalogue import (CLEAN, COLOUR_DIGITS, DATA_SETS, ZOO, clean_pipelines, detection_rate, run_zoo,
+                                  zoo_data)
 from recipe.config import TrainConfig
 from recipe.data import load_data
 from recipe.errors import DataError
 from recipe.pipeline import default_pipeline
 
 SEEDS = range(5)
+KINDS = ("linear", "mlp", "cnn")
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +29,16 @@ def sample():
 @pytest.fixture(scope="module")
 def clean(sample):
     return default_pipeline(TrainConfig(), sample)
+
+
+@pytest.fixture(scope="module")
+def colour_digits():
+    return zoo_data(COLOUR_DIGITS)
+
+
+@pytest.fixture(scope="module")
+def clean_colour(colour_digits):
+    return default_pipeline(TrainConfig(), colour_digits)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +59,16 @@ def test_the_zoo_is_big_enough_and_declares_at_least_90_percent_caught():
     assert sum(bool(bug.must_fail) for bug in ZOO) / len(ZOO) >= 0.9
     for bug in ZOO:
         assert bug.description and bug.why, bug.name
-        assert bool(bug.must_fail) == bool(bug.cause_words), f"{bug.name}: cause words go with expected FAILs"
+        assert set(bug.on_data) <= set(DATA_SETS), f"{bug.name}: expectations for unknown data sets"
+        for data_set in DATA_SETS:
+            expected = bug.on(data_set)
+            assert expected.why, (bug.name, data_set)
+            assert bool(expected.must_fail) == bool(expected.cause_words), \
+                f"{bug.name} on {data_set}: cause words go with expected FAILs"
 
 
-@pytest.mark.parametrize("bug", [bug for bug in ZOO if bug.must_fail], ids=lambda bug: bug.name)
-def test_planted_bug_fails_its_checks_and_names_the_cause(bug, clean):
+def assert_fails_its_checks_and_names_the_cause(bug, clean) -> None:
+    bug = bug.on(clean.data.source)
     pipeline = bug.plant(clean)
     results = [run_check(check, pipeline, stage) for stage, check in (CHECKS[name] for name in bug.must_fail)]
     not_failed = [f"{r.name}: {r.verdict.value}: {r.message}" for r in results if r.verdict is not Verdict.FAIL]
@@ -58,6 +76,34 @@ def test_planted_bug_fails_its_checks_and_names_the_cause(bug, clean):
     messages = [r.message.lower() for r in results]
     assert any(word.lower() in message for word in bug.cause_words for message in messages), (
         f"{bug.name}: no failing message names the cause (one of {bug.cause_words}):\n" + "\n".join(messages))
+
+
+@pytest.mark.parametrize("bug", [bug for bug in ZOO if bug.on("sample").must_fail], ids=lambda bug: bug.name)
+def test_planted_bug_fails_its_checks_and_names_the_cause(bug, clean):
+    assert_fails_its_checks_and_names_the_cause(bug, clean)
+
+
+@slow  # ~1 s a bug: the colour digits have 4x the pixels
+@pytest.mark.parametrize("bug", [bug for bug in ZOO if bug.on(COLOUR_DIGITS).must_fail], ids=lambda bug: bug.name)
+def test_planted_bug_fails_its_checks_and_names_the_cause_on_colour_digits(bug, clean_colour):
+    assert_fails_its_checks_and_names_the_cause(bug, clean_colour)
+
+
+def test_colour_digits_are_the_sample_digits_in_colour_read_as_cifar10(sample, colour_digits):
+    """3x32x32 uint8 read through the cifar10 source, class names from its batches.meta, the sample's test
+    digits in the same order; every image has one background colour and a brighter stroke in each channel."""
+    assert colour_digits.train.images.shape[1:] == (3, 32, 32) and colour_digits.train.images.dtype == torch.uint8
+    assert colour_digits.class_names == sample.class_names and "CIFAR-10" in colour_digits.reason
+    assert len(colour_digits.train) + len(colour_digits.val) == len(sample.train) + len(sample.val)
+    assert torch.equal(colour_digits.test.labels, sample.test.labels)
+    grey = torch.nn.functional.pad(sample.test.images[:50, 0], (2, 2, 2, 2))  # (50, 32, 32)
+    colour = colour_digits.test.images[:50].long()
+    background = colour[:, :, 0, 0]  # (50, 3): the padded corner
+    stroke = colour.permute(0, 2, 3, 1)[grey == 255]  # pixels where the digit is fully inked
+    assert torch.equal(colour.permute(0, 2, 3, 1)[grey == 0], background.repeat_interleave((grey == 0).sum((1, 2)), 0))
+    inked_image = torch.nonzero(grey == 255)[:, 0]
+    assert (stroke > background[inked_image]).all()
+    assert len({tuple(c) for c in background.tolist()}) > 40  # random per image
 
 
 @pytest.mark.parametrize("bug", [bug for bug in ZOO if not bug.must_fail], ids=lambda bug: bug.name)
@@ -76,10 +122,16 @@ def assert_clean_pipeline_fails_nothing(data, kind: str, seed: int) -> None:
     assert not any(r.verdict.blocks for r in results), _failures(results)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("kind, seed", [pytest.param(kind, seed, marks=[slow] if kind == "cnn" and seed > 0 else [])
+                                        for kind in KINDS for seed in SEEDS])
 def test_clean_pipeline_fails_no_check_on_sample(sample, kind, seed):
     assert_clean_pipeline_fails_nothing(sample, kind, seed)
+
+
+@pytest.mark.parametrize("kind, seed", [pytest.param(kind, seed, marks=[slow] if kind == "cnn" or seed > 0 else [])
+                                        for kind in KINDS for seed in SEEDS])
+def test_clean_pipeline_fails_no_check_on_colour_digits(colour_digits, kind, seed):
+    assert_clean_pipeline_fails_nothing(colour_digits, kind, seed)
 
 
 @pytest.mark.slow

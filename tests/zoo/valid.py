@@ -42,17 +42,37 @@ class DropoutMLP(nn.Module):
 class BatchNormCNN(nn.Module):
     """Conv-BN-ReLU-pool twice, then a small linear head: the textbook small CNN with batch norm."""
 
-    def __init__(self, num_classes: int, in_channels: int = 1):
+    def __init__(self, num_classes: int, in_shape: tuple[int, int, int]):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        channels, height, width = in_shape
+        self.features = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                                       nn.MaxPool2d(2),
                                       nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
                                       nn.MaxPool2d(2))
-        self.head = nn.Linear(16 * 7 * 7, num_classes)  # 28x28 inputs, pooled twice
+        self.head = nn.Linear(16 * (height // 4) * (width // 4), num_classes)  # pooled twice
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 28, 28) -> (B, C)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
+        return self.head(self.features(x).flatten(1))
+
+
+class SmallCNN(nn.Module):
+    """Conv-ReLU-pool twice, then a linear head, for any (C, H, W) input: the README's SmallCNN with the
+    shape read from the data. PyTorch's default init in the convolutions (Kaiming-uniform, scaled for
+    ReLU); the head starts small (std 1e-3, zero bias), so the logits start near 0 and the loss at
+    init is ln(classes)."""
+
+    def __init__(self, num_classes: int, in_shape: tuple[int, int, int]):
+        super().__init__()
+        channels, height, width = in_shape
+        self.features = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(16 * (height // 4) * (width // 4), num_classes)
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
         return self.head(self.features(x).flatten(1))
 
 
@@ -139,9 +159,16 @@ def dropout(config: TrainConfig, data: DataBundle) -> Pipeline:
 
 def batchnorm_cnn(config: TrainConfig, data: DataBundle) -> Pipeline:
     pipeline = mlp_pipeline(config, data)
-    channels = data.train.images.shape[1] if data.train.images.dim() == 4 else 1
+    shape = tuple(data.train.images.shape[1:])  # (C, H, W)
     return replace(pipeline, name="batchnorm-cnn",
-                   make_model=lambda: BatchNormCNN(data.num_classes, channels).to(pipeline.device))
+                   make_model=lambda: BatchNormCNN(data.num_classes, shape).to(pipeline.device))
+
+
+def small_cnn(config: TrainConfig, data: DataBundle) -> Pipeline:
+    """The clean CNN: SmallCNN on the data's (C, H, W), with the MLP's loop, optimizer and autograd step."""
+    pipeline = mlp_pipeline(config, data)
+    shape = tuple(data.train.images.shape[1:])  # (C, H, W)
+    return replace(pipeline, name="cnn", make_model=lambda: SmallCNN(data.num_classes, shape).to(pipeline.device))
 
 
 def sgd_steplr(config: TrainConfig, data: DataBundle) -> Pipeline:
