@@ -5,6 +5,7 @@
     python -m bench.run --device cuda                     # the same figures on a GPU
     python -m bench.run --parts gpu                       # epoch, sklearn, scaling and batch512 on CUDA
     python -m bench.run --parts startup --repeats 5       # `recipe check` wall time vs `import torch`
+    python -m bench.run --parts monitors --rounds 3 --threads 1  # epoch time, training monitors on vs off
 
 Every comparison runs in this one process, on the same data, alternating which side goes first.
 Nothing here asserts a time: it prints, and a human or CI reads it.
@@ -22,7 +23,7 @@ import torch
 
 from bench.measure import Row, machine
 
-PARTS = ("epoch", "sklearn", "preflight", "scaling", "batch512", "startup", "cnn", "gpu")
+PARTS = ("epoch", "sklearn", "preflight", "scaling", "batch512", "startup", "cnn", "monitors", "gpu")
 GPU_PARTS = ["epoch", "sklearn", "scaling", "batch512"]  # what --parts gpu runs with cuda
 DEFAULT_OUT = Path("bench/results/latest.json")
 
@@ -104,6 +105,10 @@ def run_parts(parts: list[str], device: str, args: argparse.Namespace, label: st
             from bench import startup
 
             results[part] = startup.run(args.repeats)
+        elif part == "monitors":
+            from bench import monitors
+
+            results[part] = monitors.run(device, args.rounds)
         elif part == "cnn":
             from bench import preflight_cnn
 

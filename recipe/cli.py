@@ -133,6 +133,10 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         sub.add_argument("--no-gate", action="store_true", help="run later check stages even after a FAIL")
     for sub in (train, run):
         sub.add_argument("--force", action="store_true", help="train even though the checks failed (reported loudly)")
+        sub.add_argument("--nproc", type=int, default=1, help="train on N processes with torch.distributed (DDP; gloo "
+                         "on CPU, nccl on CUDA); --batch-size stays the global batch. Default 1")
+        sub.add_argument("--no-monitors", action="store_true", help="do not watch the training run (loss spikes, "
+                         "gradient norms, update/weight ratios, dead units, overfitting); saves a few %% of its time")
     train.add_argument("--out", default=None, help="run folder (default: a new <report-dir>/<UTC time>/)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out "
                        "(default: <report-dir>/latest)")
@@ -396,19 +400,22 @@ def train_and_report(args: argparse.Namespace, pipeline, preflight, forced: bool
 
     What finished is kept: if training is interrupted or crashes, the report still holds the preflight
     and whatever epochs ran (with the last checkpoint), and says training stopped."""
+    from checks.monitor_checks import judge_training
     from checks.preflight import write_run_report
     from checks.report.training import training_summary
     from recipe.evaluate import Evaluation, evaluate_trained
+    from recipe.monitors import TrainingMonitor
+    from recipe.distributed import trainer
     from recipe.runs import finish_before_ctrl_c, run_folder
-    from recipe.train import fit
 
     out = Path(args.out) if getattr(args, "out", None) else None
     crash = None
     with run_folder(Path(args.report_dir), out, existing) as run:
         started = time.perf_counter()
         result = None
+        monitor = None if getattr(args, "no_monitors", False) else TrainingMonitor()
         try:
-            result = fit(pipeline, run.path, resume=existing is not None, quiet=args.quiet)
+            result = trainer(args)(pipeline, run.path, resume=existing is not None, quiet=args.quiet, monitor=monitor)
             evaluation = evaluate_trained(pipeline, result)
         except (KeyboardInterrupt, Exception) as err:
             if existing is not None and result is None and not isinstance(err, KeyboardInterrupt):
@@ -416,7 +423,8 @@ def train_and_report(args: argparse.Namespace, pipeline, preflight, forced: bool
             crash = None if isinstance(err, KeyboardInterrupt) else err
             result, evaluation = _stopped(result, err, run.path), Evaluation()
         training_s = time.perf_counter() - started
-        summary = training_summary(pipeline, result, evaluation)
+        monitors = judge_training(monitor.log) if monitor is not None else None  # what the run showed
+        summary = training_summary(pipeline, result, evaluation, monitors, monitor.log if monitor else None)
         timings = _timings(args, checks_s=preflight.checks_s, training_s=training_s)
         with finish_before_ctrl_c():
             write_run_report(run.path, preflight, pipeline, timings, summary, forced, reused_figures,
@@ -425,6 +433,10 @@ def train_and_report(args: argparse.Namespace, pipeline, preflight, forced: bool
     if crash is not None:
         raise crash
     code = report_training(args, result, run.final / INDEX_NAME)
+    if monitors and any(m.verdict.blocks for m in monitors):
+        print("recipe: a training monitor FAILed (the run trained, but went wrong):", file=sys.stderr)
+        _print_failures(monitors)
+        code = EXIT_FAILED if code == EXIT_OK else code
     return EXIT_FAILED if forced and code == EXIT_OK else code  # trained, but the checks did fail
 
 
@@ -496,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
         args.started = _command_started()
         if hasattr(args, "threads"):
             set_threads(args.threads)
+        if args.command in ("check", "train", "run"):  # under torchrun, or --nproc N: see recipe/distributed.py
+            from recipe.distributed import run_on_ranks, world_of
+
+            world = world_of(args)
+            if world is not None:
+                return run_on_ranks(args, world, argv, COMMANDS[args.command], load_pipeline, main)
         return COMMANDS[args.command](args)
     except SystemExit as done:  # --help and --version
         return done.code if isinstance(done.code, int) else EXIT_OK

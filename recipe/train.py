@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,11 @@ OnStep = Callable[[int, torch.optim.Optimizer, torch.Tensor], None]
 
 class StepContractError(RecipeError):
     """The pipeline's train step broke its contract (it must return the batch loss as a tensor)."""
+
+
+class StopTraining(Exception):
+    """Raised by a step or `on_step` to end the run cleanly (the ranks of a distributed run disagree):
+    `fit` keeps the history and the last checkpoint, and puts the message in `FitResult.stopped`."""
 
 
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
@@ -111,6 +117,7 @@ class FitResult:
     checkpoint: Path | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
+    distributed: dict | None = None                     # the rank checks' record when several processes trained
 
 
 def progress_enabled(quiet: bool) -> bool:
@@ -118,13 +125,16 @@ def progress_enabled(quiet: bool) -> bool:
 
 
 def fit(pipeline: Pipeline, out_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
-        max_epochs: int | None = None, max_batches: int | None = None, on_step: OnStep | None = None) -> FitResult:
+        max_epochs: int | None = None, max_batches: int | None = None, on_step: OnStep | None = None,
+        monitor=None, write: bool = True) -> FitResult:
     """Train for `pipeline.config.epochs`, evaluating on val after every epoch and on test once.
 
     With `out_dir`, writes `metrics.csv` and an atomic `checkpoint.pt` after every epoch; `resume`
     continues from that checkpoint. A NaN/Inf loss or Ctrl-C stops the run and keeps the last good
     checkpoint; `FitResult.stopped` says which. `max_epochs` and `max_batches` cut every phase short
     (the preflight's dry run); `on_step(step, optimizer, loss)` sees each step before the scheduler.
+    `monitor` (a recipe.monitors.TrainingMonitor) records what the monitors judge after the run.
+    `write=False` only reads `out_dir` (to resume): the ranks of a distributed run other than 0.
     """
     from tqdm.auto import tqdm
 
@@ -138,18 +148,23 @@ def fit(pipeline: Pipeline, out_dir: str | Path | None = None, *, resume: bool =
     if resume:
         start_epoch, result.history = load_checkpoint(out_dir, pipeline, model, optimizer, scheduler)
     epochs_total = config.epochs if max_epochs is None else min(max_epochs, config.epochs)
+    if monitor is not None:
+        monitor.start(model, pipeline, result.history)
     saved = start_epoch  # epochs in the checkpoint on disk: Ctrl-C can land between training and saving
     show = progress_enabled(quiet)
     epochs = tqdm(range(start_epoch, epochs_total), desc="epochs", disable=not show,
                   initial=start_epoch, total=epochs_total)
     try:
         for epoch in epochs:
-            row = _train_one_epoch(model, optimizer, scheduler, pipeline, epoch, show, max_batches, on_step)
+            row = _train_one_epoch(model, optimizer, scheduler, pipeline, epoch, show, max_batches, on_step,
+                                   monitor)
             if not math.isfinite(row["train_loss"]):
                 result.stopped = (f"training loss became {row['train_loss']} in epoch {epoch + 1}; "
                                   "kept the last good checkpoint. Lower the learning rate or check the loss function")
                 break
             row.update({f"val_{k}": v for k, v in evaluate(model, pipeline, "val", max_batches).items()})
+            if monitor is not None:
+                row.update(monitor.end_epoch(model, pipeline, optimizer, row))
             step_scheduler(scheduler, "epoch", pipeline, row["val_loss"])
             result.history.append(row)
             epochs.set_postfix(val_acc=f"{row['val_accuracy']:.4f}")
@@ -157,11 +172,13 @@ def fit(pipeline: Pipeline, out_dir: str | Path | None = None, *, resume: bool =
                 print(f"epoch {row['epoch']}/{epochs_total}: train loss {row['train_loss']:.4f}, val loss "
                       f"{row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}, lr {row['lr']:.3g}, "
                       f"{row['seconds']:.1f} s", file=sys.stderr, flush=True)
-            if out_dir is not None:
+            if out_dir is not None and write:
                 result.checkpoint = save_checkpoint(out_dir, pipeline, model, optimizer, scheduler, epoch + 1,
                                                     result.history)
                 saved = epoch + 1
                 write_metrics(out_dir / METRICS_NAME, result.history)
+    except StopTraining as stop:
+        result.stopped = str(stop)
     except KeyboardInterrupt:
         kept = f"the checkpoint after epoch {saved} is kept" if out_dir is not None and saved else "no checkpoint was saved"
         result.stopped = f"interrupted during epoch {len(result.history) + 1}; {kept}"
@@ -173,7 +190,7 @@ def fit(pipeline: Pipeline, out_dir: str | Path | None = None, *, resume: bool =
 
 
 def _train_one_epoch(model, optimizer, scheduler, pipeline: Pipeline, epoch: int, show: bool,
-                     max_batches: int | None, on_step: OnStep | None) -> dict:
+                     max_batches: int | None, on_step: OnStep | None, monitor=None) -> dict:
     from tqdm.auto import tqdm
 
     model.train()
@@ -188,7 +205,11 @@ def _train_one_epoch(model, optimizer, scheduler, pipeline: Pipeline, epoch: int
                                    disable=not show)):
         if i >= n_batches:
             break
-        loss = take_step(pipeline, model, optimizer, batch.x, batch.y)
+        if monitor is None:
+            loss = take_step(pipeline, model, optimizer, batch.x, batch.y)
+        else:
+            loss = monitor.step(epoch * pipeline.steps_per_epoch + i, optimizer,
+                                partial(take_step, pipeline, model, optimizer, batch.x, batch.y))
         if on_step is not None:
             on_step(epoch * pipeline.steps_per_epoch + i, optimizer, loss)
         step_scheduler(scheduler, "step", pipeline)
@@ -211,11 +232,17 @@ def write_metrics(path: Path, history: list[dict]) -> Path:
 
 def save_checkpoint(out_dir: Path, pipeline: Pipeline, model, optimizer, scheduler, epochs_done: int,
                     history: list[dict]) -> Path:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epochs_done": epochs_done,
+    state = {"model": _bare(model).state_dict(), "optimizer": optimizer.state_dict(), "epochs_done": epochs_done,
              "scheduler": _scheduler_state(scheduler),
              "config": pipeline.config.as_dict(), "pipeline": pipeline.name, "data": pipeline.data.source,
              "history": history}
     return atomic_write(out_dir / CHECKPOINT_NAME, lambda tmp: torch.save(state, tmp))
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper: checkpoints hold its own keys (no `module.`),
+    so one process loads what N saved, and N resume what one saved."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _scheduler_state(scheduler) -> dict | None:
@@ -243,7 +270,7 @@ def load_checkpoint(out_dir: Path | None, pipeline: Pipeline, model, optimizer, 
         raise RecipeError(f"--resume: {path} was saved by another config ({what}); "
                           "use the same settings or another --out")
     try:
-        model.load_state_dict(state["model"])
+        _bare(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])

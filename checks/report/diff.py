@@ -22,6 +22,7 @@ from recipe.errors import RecipeError
 
 THRESHOLD_SHARE = 0.01  # a move must also exceed 1% of the check's threshold
 TIMINGS = ("total_s", "data_load_s", "checks_s", "training_s")
+MONITOR_STAGE = "training"  # the stage of the training monitors (checks/monitor_checks.py)
 
 
 @dataclass
@@ -56,10 +57,10 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any], a_dir: Path, b_dir: Path
     if not 0 < noise < 1:
         raise RecipeError(f"--noise must be between 0 and 1, got {noise}")
     diff = RunDiff(Path(a_dir), Path(b_dir), noise, differs=_what_differs(a, b))
-    checks_a = {c["name"]: c for c in a.get("checks") or []}
-    checks_b = {c["name"]: c for c in b.get("checks") or []}
-    diff.only_a = [n for n in checks_a if n not in checks_b]
-    diff.only_b = [n for n in checks_b if n not in checks_a]
+    checks_a, checks_b = _results(a), _results(b)
+    # a monitor missing from a run that did not train (or ran --no-monitors) is no "subset" to report
+    diff.only_a = [n for n, c in checks_a.items() if n not in checks_b and c.get("stage") != MONITOR_STAGE]
+    diff.only_b = [n for n, c in checks_b.items() if n not in checks_a and c.get("stage") != MONITOR_STAGE]
     for name, old in checks_a.items():
         new = checks_b.get(name)
         if new is None:
@@ -136,6 +137,13 @@ def format_diff(diff: RunDiff, a: Mapping[str, Any], b: Mapping[str, Any]) -> st
 
 
 # ---------------------------------------------------------------- pieces
+
+def _results(record: Mapping[str, Any]) -> dict[str, dict]:
+    """The checks and the training monitors (stage "training") of one record, by name."""
+    training = record.get("training")
+    monitors = training.get("monitors") if isinstance(training, Mapping) else None
+    return {c["name"]: c for c in [*(record.get("checks") or []), *(monitors or [])]}
+
 
 def _severity(verdict: Any) -> int:
     """How bad a verdict is, for "got worse": N/A counts as PASS (a check that starts or stops applying,

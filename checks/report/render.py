@@ -254,6 +254,8 @@ def render_html(record: dict, figures: Mapping[str, list[dict]], notice: str | N
         "notice": notice,
         "symbols": SYMBOLS,
         "training": training,
+        "monitors": [dict(m, shown_value=shown_value(m)) for m in _monitors(training)],
+        "monitor_titles": [t for m in _monitors(training) for t in m.get("figures") or []],
         # the lab's questions are about handwritten digits: asked only when the data is digits
         "digits": (record.get("data") or {}).get("source") in ("mnist", "sample"),
     }
@@ -283,8 +285,17 @@ def headline(record: Mapping[str, Any]) -> dict[str, str]:
         text = "All checks passed: ready to train (recipe train)."
     if stopped:
         text += f" Training stopped early: {stopped}."
+    failed = [m.get("name") for m in _monitors(training) if m.get("verdict") in ("FAIL", "ERROR")]
+    if failed:
+        text += f" A training monitor failed ({', '.join(map(str, failed))}): the run trained, but went wrong; see Training."
     return {"verdict": overall, "symbol": SYMBOLS.get(overall, "?"), "text": text,
             "forced": bool(record.get("forced"))}
+
+
+def _monitors(training: Any) -> list[Mapping[str, Any]]:
+    """The training monitors' results (results.json `training.monitors`), or none."""
+    monitors = training.get("monitors") if isinstance(training, Mapping) else None
+    return [m for m in monitors or [] if isinstance(m, Mapping)]
 
 
 def shown_value(check: Mapping[str, Any]) -> str:

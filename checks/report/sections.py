@@ -25,7 +25,9 @@ NOTES = {
         "falls means overfitting."),
     ACCURACY_CURVE: (
         "Accuracy on the validation split after each epoch. Use it (never test) to choose epochs, "
-        "learning rate and the other settings."),
+        "learning rate and the other settings. When the run was watched, the train line is measured the "
+        "same way (eval mode, after the epoch) on a fixed slice of train: a gap that keeps growing is "
+        "overfitting (see the train_val_gap monitor)."),
     CONFUSION: (
         "Each row is a true class, each column the model's prediction; the diagonal is correct. "
         "Large off-diagonal cells show which classes a linear model cannot tell apart (for digits, "

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from checks.report.sections import ACCURACY_CURVE, ANCHORS, CONFUSION, LOSS_CURVES, MISTAKES, SHIFTS, TEMPLATES
-from checks.result import Figure
+from checks.result import CheckResult, Figure
+from recipe.data import unit_pixels
 
 if TYPE_CHECKING:
     from recipe.evaluate import Evaluation
+    from recipe.monitors import MonitorLog
     from recipe.pipeline import Pipeline
     from recipe.train import FitResult
 
@@ -51,9 +53,13 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return (low, high)
 
 
-def training_summary(pipeline: "Pipeline", fit_result: "FitResult",
-                     evaluation: "Evaluation") -> tuple[dict[str, Any], list[Figure]]:
-    """The "training" block of results.json and the figures of the report's training section."""
+def training_summary(pipeline: "Pipeline", fit_result: "FitResult", evaluation: "Evaluation",
+                     monitors: list[CheckResult] | None = None,
+                     monitor_log: "MonitorLog | None" = None) -> tuple[dict[str, Any], list[Figure]]:
+    """The "training" block of results.json and the figures of the report's training section.
+
+    `monitors` are the judged training monitors (checks/monitor_checks.py), `monitor_log` what they
+    judged; None when the run was not watched (`--no-monitors`)."""
     names = list(pipeline.data.class_names)
     history = [dict(row) for row in fit_result.history]
     n_val = len(pipeline.data.val)
@@ -76,7 +82,24 @@ def training_summary(pipeline: "Pipeline", fit_result: "FitResult",
         f for f in (test_figures.get(CONFUSION), templates, test_figures.get(MISTAKES), test_figures.get(SHIFTS),
                     test_figures.get(ANCHORS))
         if f is not None]
+    if monitors is not None:
+        summary["monitors"] = [dict(m.to_json(), figures=[f.title for f in m.figures]) for m in monitors]
+        summary["monitoring"] = _monitoring(monitor_log)
+        figures += [f for m in monitors for f in m.figures]
+    if getattr(fit_result, "distributed", None) is not None:  # several processes trained: how, and the rank checks
+        from checks.distributed_checks import distributed_block
+
+        summary["distributed"] = distributed_block(fit_result.distributed)
     return summary, figures
+
+
+def _monitoring(log: "MonitorLog | None") -> dict[str, Any] | None:
+    """How the run was watched: what the monitors' numbers rest on."""
+    if log is None:
+        return None
+    return {"every": log.every, "steps": len(log.losses), "sampled_steps": len(log.sampled_steps),
+            "layers": list(log.layers), "relu_sites": list(log.relu_sites),
+            "train_accuracy_examples": log.train_accuracy_examples, "grads_cleared": log.grads_cleared}
 
 
 def _curves(history: list[dict], num_classes: int) -> list[Figure]:
@@ -88,8 +111,11 @@ def _curves(history: list[dict], num_classes: int) -> list[Figure]:
                    "val loss (after the epoch)": [row["val_loss"] for row in history]},
         "x": epochs, "xlabel": "epoch", "ylabel": "cross-entropy",
         "hline": math.log(num_classes), "hline_label": f"ln({num_classes}) = loss at init / chance"})
+    series = {"val accuracy": [row["val_accuracy"] for row in history]}
+    if any("train_accuracy" in row for row in history):  # measured by the monitor (a fixed train subset)
+        series["train accuracy (train subset, eval mode)"] = [row.get("train_accuracy", math.nan) for row in history]
     accuracy = Figure("lines", ACCURACY_CURVE, {
-        "series": {"val accuracy": [row["val_accuracy"] for row in history]},
+        "series": series,
         "x": epochs, "xlabel": "epoch", "ylabel": "accuracy"})
     return [loss, accuracy]
 
@@ -164,7 +190,8 @@ def _confident_mistakes(pipeline: "Pipeline", y: torch.Tensor, probs: torch.Tens
     worst = wrong[confidence[wrong].argsort(descending=True)[:N_MISTAKES]]
     rows = [{"index": int(i), "true": names[int(y[i])], "predicted": names[int(pred[i])],
              "p": float(confidence[i])} for i in worst]
-    images = pipeline.data.test.images[worst.to(pipeline.data.test.images.device)].cpu()  # (K, C, H, W) uint8
+    raw = pipeline.data.test.images[worst.to(pipeline.data.test.images.device)].cpu()  # (K, C, H, W) raw pixels
+    images = unit_pixels(raw, pipeline.data.value_range)  # [0, 1], whatever range the data declares
     captions = [f"true {r['true']} / pred {r['predicted']} p={r['p']:.2f}" for r in rows]
     return rows, Figure("images", MISTAKES, {"images": images.numpy(), "captions": captions, "cmap": "gray"})
 
