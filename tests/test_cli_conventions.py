@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from checks.registry import CHECKS, CHECKS_BY_STAGE
-from recipe.cli import SUMMARIES, build_parser, load_pipeline, main
+from recipe.cli import load_pipeline, main
+from recipe.cli_parser import SUMMARIES, build_parser
 from tests.conftest import PYTHON, subprocess_env
 
 SAMPLE = ["--data", "sample", "--no-download"]
