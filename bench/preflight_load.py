@@ -26,7 +26,6 @@ def tiled(data, scale: int):
 
 
 def measure(scale: int) -> dict:
-    from checks.registry import CHECKS_BY_STAGE
     from checks import run_all
     from recipe.config import TrainConfig
     from recipe.data import load_data

@@ -21,9 +21,12 @@ import signal
 import sys
 import time
 from datetime import timedelta
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from recipe.errors import RecipeError
+
+if TYPE_CHECKING:  # imported where used: recipe.ranks imports torch
+    from recipe.ranks import World
 
 WAIT = timedelta(minutes=30)  # how long a rank waits for the others: under torchrun, for rank 0's preflight
 LAUNCHER_ENV = "RECIPE_LAUNCHER"  # set on the ranks `--nproc` starts, so they meet on rank 0's store

@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from checks import run_all
-from checks.result import Verdict
 from recipe.cli import main
 from recipe.config import TrainConfig
 from recipe.data import load_data

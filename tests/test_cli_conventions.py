@@ -12,7 +12,6 @@ import textwrap
 import xml.etree.ElementTree as ET
 from importlib import metadata
 from importlib.metadata import entry_points
-from pathlib import Path
 
 import pytest
 

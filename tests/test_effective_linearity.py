@@ -16,7 +16,7 @@ from recipe.config import TrainConfig
 from recipe.pipeline import default_pipeline, mlp_pipeline
 from tests.synthetic import write_cifar10
 from tests.test_verdicts import disagreements
-from tests.zoo.bugs import MisspelledActivationMLP, ReluNeverCalledMLP
+from tests.zoo.family_bugs import (MisspelledActivationMLP, ReluNeverCalledMLP)
 from tests.zoo.valid import DropoutMLP, WithEMA, batchnorm_cnn, small_cnn
 
 HIDDEN = 64

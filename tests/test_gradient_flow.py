@@ -14,7 +14,7 @@ from checks.result import Verdict
 from recipe.config import TrainConfig
 from recipe.model import LinearClassifier
 from recipe.pipeline import mlp_pipeline
-from tests.zoo.bugs import step_before_backward, step_without_zero_grad
+from tests.zoo.bugs import (step_before_backward, step_without_zero_grad)
 from tests.zoo.valid import WithEMA, ema_step
 
 

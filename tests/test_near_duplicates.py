@@ -20,7 +20,7 @@ from recipe.config import TrainConfig
 from recipe.data import DataBundle, Split, load_data
 from recipe.pipeline import default_pipeline
 from tests.synthetic import class_images, write_cifar10, write_colour_digits
-from tests.zoo.bugs import jpeg_compressed as jpeg
+from tests.zoo.family_bugs import (jpeg_compressed as jpeg)
 from tests.zoo.valid import VALID
 
 

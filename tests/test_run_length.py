@@ -17,7 +17,8 @@ from recipe.config import TrainConfig
 from recipe.data import Batch, TensorBatches
 from recipe.pipeline import default_pipeline, mlp_pipeline
 from tests.test_verdicts import disagreements
-from tests.zoo.bugs import lr_far_too_low, one_epoch_of_huge_batches
+from tests.zoo.bugs import (lr_far_too_low)
+from tests.zoo.family_bugs import (one_epoch_of_huge_batches)
 from tests.zoo.valid import VALID
 
 @pytest.fixture(scope="module")

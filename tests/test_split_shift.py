@@ -16,7 +16,8 @@ from recipe.data import Split, load_data
 from recipe.pipeline import default_pipeline
 from tests.synthetic import write_cifar10
 from tests.test_verdicts import disagreements
-from tests.zoo.bugs import downscaled, jpeg_compressed, noisy_train_labels, val_from_sorted_tail
+from tests.zoo.bugs import (noisy_train_labels, val_from_sorted_tail)
+from tests.zoo.family_bugs import (downscaled, jpeg_compressed)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from checks.step_checks import gradient_clipping, train_mode_kept
 from recipe.config import TrainConfig
 from recipe.pipeline import default_pipeline, mlp_pipeline
 from tests.test_verdicts import disagreements
-from tests.zoo.bugs import DropoutNormMLP, EvalLoggingStep, QuietLayersStep, ValidatingStep
+from tests.zoo.family_bugs import (DropoutNormMLP, EvalLoggingStep, QuietLayersStep, ValidatingStep)
 from tests.zoo.valid import AccumulatingStep, BatchNormCNN, clipped_step, dropout
 
 

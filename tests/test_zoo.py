@@ -8,7 +8,7 @@ import torch
 from checks import run_all
 from checks.result import Verdict
 from checks.runner import run_check
-from checks.registry import CHECKS, CHECKS_BY_STAGE
+from checks.registry import CHECKS
 from tests.zoo.catalogue import (CLEAN, COLOUR_DIGITS, DATA_SETS, ZOO, clean_pipelines, detection_rate, run_zoo,
                                   zoo_data)
 from recipe.config import TrainConfig

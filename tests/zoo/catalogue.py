@@ -28,23 +28,20 @@ import torch
 
 from checks import run_all
 from checks.result import CheckResult, Verdict
-from tests.zoo.bugs import (
-    MISSING_CLASS, BatchMixingLinear, DetachedLinear, LogSoftmaxLinear, class_missing_from_train,
+from tests.zoo.bugs import (MISSING_CLASS, BatchMixingLinear, DetachedLinear, LogSoftmaxLinear, class_missing_from_train,
     eval_images_mirrored, frozen_weights, horizontal_flip, init_100x, inputs_normalised_twice,
-    inputs_not_normalised, label_in_pixel, labels_off_by_one, labels_permuted_in_dataset,
-    labels_shuffled_apart, leaked_test_images, loss_clamped, loss_summed, lr_100x_too_high, lr_far_too_low,
-    mse_on_class_indices, negated_loss, never_shuffled, noisy_labels_everywhere, noisy_train_labels,
-    norm_stats_from_test, rotation_180, same_batch_every_time, softmax_before_loss, sorted_by_class,
-    step_before_backward, step_returns_float, step_sets_lr, step_without_zero_grad, train_and_test_swapped,
-    val_copied_into_test, DropoutAlwaysOnLinear, systematic_mislabel_everywhere, train_label_map_differs,
-    unseeded_shuffle, val_from_sorted_tail, val_labels_shifted, weight_decay_far_too_high, with_linear_model)
-from tests.zoo.bugs import (clip_norm_after_step, clip_norm_before_backward, clip_value_after_step,
-                            cosine_tmax_epochs_per_batch, dropout_layers_left_in_eval, eval_for_logging_never_reset,
-                            exponential_lr_per_batch, lambda_lr_factor_is_lr, val_batch_in_step_no_reset)
-from tests.zoo.bugs import (duplicates_relabelled, reencoded_test_copies_in_train, shifted_test_copies_in_train,
-                            val_brightened_into_test)
-from tests.zoo.bugs import (MisspelledActivationMLP, ReluNeverCalledMLP, jpeg_compressed_test_images,
-                            one_epoch_of_huge_batches, val_images_downscaled)
+    inputs_not_normalised, label_in_pixel, labels_off_by_one, labels_permuted_in_dataset, labels_shuffled_apart,
+    leaked_test_images, loss_clamped, loss_summed, lr_100x_too_high, lr_far_too_low, mse_on_class_indices,
+    negated_loss, never_shuffled, noisy_labels_everywhere, noisy_train_labels, norm_stats_from_test,
+    rotation_180, same_batch_every_time, softmax_before_loss, sorted_by_class, step_before_backward,
+    step_returns_float, step_sets_lr, step_without_zero_grad, systematic_mislabel_everywhere,
+    train_and_test_swapped, train_label_map_differs, unseeded_shuffle, val_copied_into_test,
+    val_from_sorted_tail, val_labels_shifted, weight_decay_far_too_high, with_linear_model)
+from tests.zoo.family_bugs import (DropoutAlwaysOnLinear, MisspelledActivationMLP, ReluNeverCalledMLP, clip_norm_after_step,
+    clip_norm_before_backward, clip_value_after_step, cosine_tmax_epochs_per_batch, dropout_layers_left_in_eval,
+    duplicates_relabelled, eval_for_logging_never_reset, exponential_lr_per_batch, jpeg_compressed_test_images,
+    lambda_lr_factor_is_lr, one_epoch_of_huge_batches, reencoded_test_copies_in_train,
+    shifted_test_copies_in_train, val_batch_in_step_no_reset, val_brightened_into_test, val_images_downscaled)
 from recipe.config import TrainConfig
 from recipe.data import DataBundle, load_data
 from recipe.pipeline import Pipeline, default_pipeline, mlp_pipeline
