@@ -181,6 +181,15 @@ class DropoutNormMLP(nn.Module):
         return self.net(x)
 
 
+def _plain_step(model, optimizer, loss_fn, x, y) -> torch.Tensor:
+    """The default update the steps below wrap with their logging."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 class EvalLoggingStep:
     """The default step plus a train-batch accuracy logged every `every` calls under model.eval(); the line
     putting the model back in train mode is missing, so dropout and BatchNorm train in eval mode."""
@@ -189,10 +198,7 @@ class EvalLoggingStep:
         self.every, self.calls, self.log = every, 0, []
 
     def __call__(self, model, optimizer, loss_fn, x, y) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        loss = _plain_step(model, optimizer, loss_fn, x, y)
         self.calls += 1
         if self.calls % self.every == 0:
             model.eval()
@@ -214,10 +220,7 @@ class ValidatingStep:
             model.eval()
             with torch.no_grad():
                 self.val_losses.append(float(loss_fn(model(self.val_x), self.val_y)))
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        loss = _plain_step(model, optimizer, loss_fn, x, y)
         return loss.detach()
 
 
@@ -229,10 +232,7 @@ class QuietLayersStep:
         self.every, self.calls, self.log = every, 0, []
 
     def __call__(self, model, optimizer, loss_fn, x, y) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        loss = _plain_step(model, optimizer, loss_fn, x, y)
         self.calls += 1
         if self.calls % self.every == 0:
             for module in model.modules():
