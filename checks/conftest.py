@@ -100,7 +100,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 if hasattr(item, "callspec") and "name" in item.callspec.params]
     state.only = None if set(selected) >= set(CHECKS) else selected
     build_session_pipeline(session.config)
-    state.stream = iter_results(state.pipeline, gate=not session.config.getoption("--no-gate"), only=state.only)
+    state.stream = iter_results(state.pipeline, gate=not session.config.getoption("--no-gate"), only=state.only,
+                                fork=True)  # the data stage beside the others, where a fork is safe
 
 
 @pytest.fixture

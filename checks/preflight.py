@@ -49,12 +49,13 @@ def identify(spec: str, pipeline) -> dict[str, str]:
 
 def run_preflight(pipeline, spec: str, *, gate: bool = True, only: Collection[str] | None = None,
                   on_start: Callable | None = None, on_result: Callable | None = None,
-                  parts: dict[str, str] | None = None) -> Preflight:
-    """Run the checks (all, or `only` those) through the one runner and identify what they vouch for."""
+                  parts: dict[str, str] | None = None, fork: bool = False) -> Preflight:
+    """Run the checks (all, or `only` those) through the one runner and identify what they vouch for.
+    `fork`: the data stage may run in a forked copy beside the others (see checks/runner.py)."""
     parts = parts if parts is not None else identify(spec, pipeline)
     started = time.perf_counter()
     results = []
-    for result in iter_results(pipeline, gate=gate, only=only, on_start=on_start):
+    for result in iter_results(pipeline, gate=gate, only=only, on_start=on_start, fork=fork):
         results.append(result)
         if on_result is not None:
             on_result(result)

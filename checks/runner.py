@@ -36,13 +36,23 @@ def run_check(check: Callable[..., CheckResult], pipeline, stage: str, blocked_b
 
 
 def iter_results(pipeline, *, gate: bool = True, only: Collection[str] | None = None,
-                 checks_by_stage: dict | None = None, on_start: OnEvent | None = None) -> Iterator[CheckResult]:
-    """Yield each check's result as it finishes, in stage order."""
+                 checks_by_stage: dict | None = None, on_start: OnEvent | None = None,
+                 fork: bool = False) -> Iterator[CheckResult]:
+    """Yield each check's result as it finishes, in stage order. With `fork`, where it is safe, the
+    data stage runs in a forked copy of this process beside the later stages (checks/forked_stage.py);
+    the results, their order and the gate are the same."""
     checks_by_stage = CHECKS_BY_STAGE if checks_by_stage is None else checks_by_stage
     if only is not None:
         unknown = sorted(set(only) - {c.__name__ for checks in checks_by_stage.values() for c in checks})
         if unknown:
             raise KeyError(f"no such checks: {', '.join(unknown)}")
+    if fork:
+        from checks.forked_stage import FIRST, fork_helps, iter_forked
+
+        wanted = lambda check: only is None or check.__name__ in only  # noqa: E731
+        if fork_helps(pipeline) and any(map(wanted, checks_by_stage.get(FIRST, []))):
+            yield from iter_forked(pipeline, checks_by_stage, gate, wanted, on_start, run_check)
+            return
     blocked_by: str | None = None
     for stage in STAGES:
         stage_blocks = False

@@ -129,7 +129,7 @@ def run_checks(args: argparse.Namespace, pipeline, parts: dict | None = None):
     started = time.perf_counter()
     try:
         return run_preflight(pipeline, args.pipeline, gate=not args.no_gate, on_start=progress.start,
-                             on_result=on_result, parts=parts)
+                             on_result=on_result, parts=parts, fork=True)
     except KeyboardInterrupt:
         if finished:
             partial = Preflight(finished, args.pipeline, parts or identify(args.pipeline, pipeline),

@@ -62,8 +62,7 @@ class Painter:
         self._child = None
         if workers is None:
             workers = 1 if (os.cpu_count() or 1) > 1 else 0
-        if workers > 0:
-            self._start()
+        self._wanted = workers > 0  # started with the first figure: a fork before it copies no thread
 
     def _start(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -95,6 +94,9 @@ class Painter:
             pass
 
     def submit(self, name: str, figures: list[Figure]) -> None:
+        if figures and self._wanted:
+            self._wanted = False
+            self._start()
         group = self._submitted.setdefault(name, [])
         for figure in figures:
             if self._child is not None:
