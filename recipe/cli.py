@@ -42,6 +42,15 @@ def _command_started() -> float:
     return _unclaimed_start.pop() if _unclaimed_start else time.perf_counter()
 
 
+_process_kind = ["cold"]  # "warm": forked from a process that had torch loaded (recipe/warm.py)
+
+
+def warm_start(started: float) -> None:
+    """This process is a fork of a warm one: the command began when its client started, not now."""
+    _unclaimed_start[:] = [started]
+    _process_kind[0] = "warm"
+
+
 def set_threads(threads: int) -> None:
     import torch
 
@@ -159,7 +168,7 @@ def _print_failures(results) -> None:
 
 def _timings(args: argparse.Namespace, **more: float) -> dict:
     return {"data_load_s": getattr(args, "data_load_s", 0.0), **more,
-            "total_s": time.perf_counter() - args.started}
+            "total_s": time.perf_counter() - args.started, "process": _process_kind[0]}
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -372,7 +381,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"check": cmd_check, "train": cmd_train, "run": cmd_run, "report": cmd_report, "diff": cmd_diff}
+def cmd_warm(args: argparse.Namespace) -> int:
+    from recipe.warm import command
+
+    return command(args)
+
+
+COMMANDS = {"check": cmd_check, "train": cmd_train, "run": cmd_run, "report": cmd_report, "diff": cmd_diff,
+            "warm": cmd_warm}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,6 +431,19 @@ def main(argv: list[str] | None = None) -> int:
             args.painter.close()
 
 
+def preload() -> None:
+    """Import what check/train/run need, for a warm process to fork from (recipe/warm.py)."""
+    from importlib import import_module
+
+    for name in ("torch._dynamo",  # the first Optimizer.step() imports it: 1 s
+                 "checks.preflight", "checks.registry", "checks.report.painter", "checks.report.render",
+                 "recipe.data", "recipe.pipeline", "recipe.train", "recipe.user_code", "torchvision"):
+        try:
+            import_module(name)
+        except ImportError:  # torchvision is optional
+            pass
+
+
 def entry() -> None:
     """The `recipe` console script: `main`, then a fast exit.
 
@@ -424,7 +453,14 @@ def entry() -> None:
     import atexit
     import os
 
-    code = main()
+    from recipe import warm
+
+    argv = sys.argv[1:]
+    code = warm.run_warm(argv, STARTED)  # None: no warm process serves this code; run it here
+    if code is None:
+        code = main()
+        if code in (EXIT_OK, EXIT_FAILED) and warm.worth_starting(argv):
+            warm.start_in_background(quiet="--quiet" in argv)
     sys.stdout.flush()
     sys.stderr.flush()
     atexit._run_exitfuncs()

@@ -76,6 +76,7 @@ SUMMARIES = {  # one line each: the command list of `recipe --help`, and the fir
     "run": "the main job: the preflight checks, then training if they pass, into one report",
     "report": "re-render a run's index.html from its saved results.json and figures.json; runs nothing",
     "diff": "compare two runs: flipped verdicts, moved values, accuracy and time",
+    "warm": "keep torch loaded in a background process, so that check/train/run start at once",
 }
 
 
@@ -94,7 +95,8 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
                                      parser_class=partial(_Parser, allow_abbrev=False))
     subs = {name: commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
             for name, summary in SUMMARIES.items()}
-    check, train, run, report, diff = (subs[name] for name in SUMMARIES)
+    check, train, run, report, diff, warm = (subs[name] for name in SUMMARIES)
+    warm.add_argument("--stop", action="store_true", help="stop the warm process of this code and environment")
     for sub in (check, train, run):
         for flag, spec in ([] if light else data_options() + training_options()):
             sub.add_argument(flag, **spec)

@@ -20,6 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # wait for their descheduled peer): measured 0.02 s vs 2.4 s per sample epoch on the 2-core CI box.
 TEST_THREADS = 1
 torch.set_num_threads(TEST_THREADS)
+# A developer's own warm process (recipe/warm.py) must not serve the tests' commands; tests/test_warm.py
+# starts its own, in a folder of its own.
+os.environ["RECIPE_WARM"] = "0"
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
 
 

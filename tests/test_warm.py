@@ -1,0 +1,94 @@
+"""A warm process (recipe/warm.py) runs `recipe` commands exactly as a fresh process would: the same
+results, output, exit codes and Ctrl-C; it serves only the code and environment it was started with."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, subprocess_env
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm processes are Linux only")
+SAMPLE = ["--data", "sample", "--quiet"]
+
+
+def recipe(env: dict, *argv: str, cwd: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "recipe.cli", *argv], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def record(report_dir: Path) -> dict:
+    return json.loads(sorted(report_dir.glob("2*/results.json"))[-1].read_text())
+
+
+@pytest.fixture(scope="module")
+def warm_env(tmp_path_factory):
+    env = dict(subprocess_env(), RECIPE_WARM="1", RECIPE_WARM_DIR=str(tmp_path_factory.mktemp("warm")),
+               RECIPE_WARM_IDLE_S="120")
+    started = recipe(env, "warm")
+    assert started.returncode == 0 and "warm process ready" in started.stdout, started.stderr
+    assert "already running" in recipe(env, "warm").stdout
+    yield env
+    stopped = recipe(env, "warm", "--stop")
+    assert stopped.stdout.startswith("stopped"), (stopped.stdout, stopped.stderr)
+    assert not list(Path(env["RECIPE_WARM_DIR"]).glob("*.sock"))
+
+
+def test_a_warm_check_gives_what_a_cold_one_gives(warm_env, tmp_path):
+    warm = recipe(warm_env, "check", "--data", "sample", "--report-dir", str(tmp_path / "warm"))
+    cold = recipe(dict(warm_env, RECIPE_WARM="0"), "check", "--data", "sample", "--report-dir", str(tmp_path / "cold"))
+    assert warm.returncode == cold.returncode == 0, warm.stderr
+    assert warm.stdout.startswith("preflight PASS") and "[32/32] baselines/" in warm.stderr  # the client's own pipes
+    a, b = record(tmp_path / "warm"), record(tmp_path / "cold")
+    assert (a["timings"]["process"], b["timings"]["process"]) == ("warm", "cold")
+    assert a["timings"]["total_s"] > a["timings"]["checks_s"]  # counted from the client's start
+    fields = ("name", "verdict", "value", "threshold", "message", "details")
+    assert [[c[f] for f in fields] for c in a["checks"]] == [[c[f] for f in fields] for c in b["checks"]]
+
+
+def test_user_errors_and_the_working_directory_come_through(warm_env, tmp_path):
+    missing = recipe(warm_env, "check", *SAMPLE, "--pipeline", "nosuch_net.py", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("recipe: error:") and "nosuch_net.py" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+    (tmp_path / "my_net.py").write_text(
+        "from recipe.pipeline import default_pipeline\n"
+        "def make(config, data):\n    print('my pipeline, from', __file__)\n    return default_pipeline(config, data)\n")
+    mine = recipe(warm_env, "check", *SAMPLE, "--pipeline", "my_net.py:make", "--report-dir", "runs", cwd=tmp_path)
+    assert mine.returncode == 0, mine.stderr
+    assert f"my pipeline, from {tmp_path / 'my_net.py'}" in mine.stdout
+    assert record(tmp_path / "runs")["timings"]["process"] == "warm"
+
+
+def test_another_environment_runs_cold(warm_env, tmp_path):
+    other = recipe(dict(warm_env, OMP_NUM_THREADS="2"), "check", *SAMPLE,
+                   "--report-dir", str(tmp_path))
+    assert record(tmp_path)["timings"]["process"] == "cold", other.stderr
+
+
+def test_ctrl_c_reaches_the_warm_command(warm_env, tmp_path):
+    client = subprocess.Popen([PYTHON, "-m", "recipe.cli", "check", "--data", "sample", "--report-dir", str(tmp_path)],
+                              env=warm_env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while not any("data/integrity" in line for line in lines):  # the checks have begun
+        lines.append(client.stderr.readline())
+        assert lines[-1], "".join(lines)
+    client.send_signal(signal.SIGINT)
+    _, err = client.communicate(timeout=120)
+    assert client.returncode == 130, err
+    assert "interrupted after" in err  # the command's own Ctrl-C path: the finished checks are kept
+
+
+def test_an_idle_warm_process_exits(tmp_path):
+    env = dict(subprocess_env(), RECIPE_WARM="1", RECIPE_WARM_DIR=str(tmp_path), RECIPE_WARM_IDLE_S="1")
+    assert recipe(env, "warm").returncode == 0
+    deadline = time.time() + 30
+    while list(tmp_path.glob("*.sock")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not list(tmp_path.glob("*.sock"))
+    assert "no warm process" in recipe(env, "warm", "--stop").stdout
