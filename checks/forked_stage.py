@@ -114,7 +114,6 @@ def iter_forked(pipeline, checks_by_stage: dict, gate: bool, wanted: Callable[[C
     """What the runner's serial loop yields, with the first stage run in a forked copy."""
     first = [check for check in checks_by_stage.get(FIRST, []) if wanted(check)]
     later = [(stage, check) for stage in STAGES[1:] for check in checks_by_stage.get(stage, []) if wanted(check)]
-    copy = ForkedStage(first, pipeline, run_check)
     first_blocks = False
 
     def arrived(block: bool) -> Iterator[CheckResult]:
@@ -132,7 +131,9 @@ def iter_forked(pipeline, checks_by_stage: dict, gate: bool, wanted: Callable[[C
             first_blocks = first_blocks or result.verdict.blocks
             yield result
 
+    copy = None
     try:
+        copy = ForkedStage(first, pipeline, run_check)
         held, blocked_by, stage_blocks = {}, None, False
         for index, (stage, check) in enumerate(later):
             yield from arrived(block=False)
@@ -149,4 +150,5 @@ def iter_forked(pipeline, checks_by_stage: dict, gate: bool, wanted: Callable[[C
                 on_start(check.__name__, stage)
             yield run_check(check, pipeline, stage, FIRST) if gate and first_blocks else held[check.__name__]
     finally:
-        copy.close()
+        if copy is not None:
+            copy.close()

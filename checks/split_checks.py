@@ -12,6 +12,7 @@ import itertools
 import weakref
 from dataclasses import dataclass
 
+import numpy
 import torch
 
 from checks.near_copies import SHIFT, Hasher, Index, Queries, image_hashes, nearest_copies, small, small_size
@@ -25,6 +26,7 @@ HELD_OUT = (("val", "train"), ("test", "train"), ("test", "val"))  # (split, a s
 SIMILAR = 0.998   # thumbnail correlation of a copy: 0.24% of clean Fashion-MNIST test has a look-alike in train
 QUERIES = 2000    # images searched per split: a rate of 0.25% to within about +-0.1 point
 EXAMPLES = 6      # pairs shown in a figure
+TABLE = 1 << 24   # (image, label) keys up to this many: membership read from a table of them (7x faster)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,11 @@ def _search(data: DataBundle, similar: float, queries: int, seed: int) -> dict[t
     sizes = [len(splits[s]) for s in SPLITS]
     hashes = torch.tensor(list(itertools.chain.from_iterable(image_hashes(splits[s].images) for s in SPLITS)),
                           dtype=torch.int64)
-    _, image_id = torch.unique(hashes, return_inverse=True)  # one id per distinct image, over all splits
+    _, by_hash = torch.unique(hashes, return_inverse=True)  # one id per distinct image, over all splits
+    first_seen = torch.full((int(by_hash.max()) + 1,), len(by_hash)).scatter_reduce(
+        0, by_hash, torch.arange(len(by_hash)), "amin")
+    image_id = torch.argsort(torch.argsort(first_seen))[by_hash]  # numbered in order of appearance: Python
+    # salts its hash of bytes per process, and the index's row order must not change with it
     _, label_id = torch.unique(torch.cat([splits[s].labels.cpu() for s in SPLITS]).long(), return_inverse=True)
     n_ids, n_labels = int(image_id.max()) + 1, int(label_id.max()) + 1
     ids, labels = dict(zip(SPLITS, image_id.split(sizes))), dict(zip(SPLITS, label_id.split(sizes)))
@@ -109,8 +115,7 @@ def _search(data: DataBundle, similar: float, queries: int, seed: int) -> dict[t
     row_split = torch.cat([torch.full((len(p),), k) for k, p in enumerate(positions)])
     row_position = torch.cat(positions)
     size = small_size(*splits["train"].images.shape[-2:])
-    hasher, thumbs = Hasher.fit(torch.cat([small(splits[s].images[p].cpu(), size) for s, p in zip(SPLITS, positions)]),
-                                seed)
+    hasher, thumbs = Hasher.fit(_distinct_images(splits, positions, size), seed)
     index = Index.build(hasher, thumbs)
 
     found = {}
@@ -130,7 +135,8 @@ def _search(data: DataBundle, similar: float, queries: int, seed: int) -> dict[t
                 where[twin] = torch.where(first[s][image] == pick, last[s][image], first[s][image])[twin]
             else:
                 exact = copies_of[other][ids[s]] >= 1
-                same = torch.isin(ids[s] * n_labels + labels[s], label_keys[other])
+                same = torch.from_numpy(numpy.isin((ids[s] * n_labels + labels[s]).numpy(), label_keys[other].numpy(),
+                                                   kind="table" if n_ids * n_labels <= TABLE else None))
                 exact_conflict = exact & (label_count[other][ids[s]] - same.long() >= 1)
             has_copy = similarity >= similar
             near = has_copy & ~exact[pick]
@@ -142,6 +148,18 @@ def _search(data: DataBundle, similar: float, queries: int, seed: int) -> dict[t
                                            _listed(has_copy, pick, where, similarity),
                                            _listed(conflict, pick, where, similarity))
     return found
+
+
+def _distinct_images(splits: dict, positions: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """`small` of each split's images at `positions`, one split after the other. Where `small` keeps the
+    images as they are (8-bit, small already), gathered straight into one tensor: 4x faster than [] and cat."""
+    images = [splits[s].images.cpu() for s in SPLITS]
+    if not all(part.dtype == torch.uint8 and tuple(part.shape[-2:]) == size for part in images):
+        return torch.cat([small(part[p], size) for part, p in zip(images, positions)])
+    out = torch.empty((sum(len(p) for p in positions), *images[0].shape[1:]), dtype=torch.uint8)
+    for part, p, start in zip(images, positions, itertools.accumulate((len(p) for p in positions), initial=0)):
+        torch.index_select(part, 0, p, out=out[start:start + len(p)])
+    return out
 
 
 def _listed(mask: torch.Tensor, pick: torch.Tensor, where: torch.Tensor,

@@ -71,17 +71,40 @@ def test_another_environment_runs_cold(warm_env, tmp_path):
     assert record(tmp_path)["timings"]["process"] == "cold", other.stderr
 
 
+SLOW_NET = """
+import time
+from dataclasses import replace
+from torch import nn
+from recipe.pipeline import mlp_pipeline
+
+class Slow(nn.Module):  # every forward takes 20 ms: the checks take long enough to be interrupted
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+    def forward(self, x):
+        time.sleep(0.02)
+        return self.inner(x)
+
+def make(config, data):
+    pipeline = mlp_pipeline(config, data)
+    return replace(pipeline, make_model=lambda: Slow(pipeline.make_model()))
+"""
+
+
 def test_ctrl_c_reaches_the_warm_command(warm_env, tmp_path):
-    client = subprocess.Popen([PYTHON, "-m", "recipe.cli", "check", "--data", "sample", "--report-dir", str(tmp_path)],
-                              env=warm_env, stderr=subprocess.PIPE, text=True)
+    (tmp_path / "slow_net.py").write_text(SLOW_NET)
+    client = subprocess.Popen([PYTHON, "-m", "recipe.cli", "check", "--data", "sample", "--pipeline",
+                               "slow_net.py:make", "--report-dir", "runs"], cwd=tmp_path, env=warm_env,
+                              stderr=subprocess.PIPE, text=True)
     lines = []
     while not any("data/integrity" in line for line in lines):  # the checks have begun
         lines.append(client.stderr.readline())
         assert lines[-1], "".join(lines)
     client.send_signal(signal.SIGINT)
     _, err = client.communicate(timeout=120)
-    assert client.returncode == 130, err
+    assert client.returncode == 130, "".join(lines) + err
     assert "interrupted after" in err  # the command's own Ctrl-C path: the finished checks are kept
+    assert record(tmp_path / "runs")["timings"]["process"] == "warm"
 
 
 def test_an_idle_warm_process_exits(tmp_path):
