@@ -437,6 +437,7 @@ def preload() -> None:
 
     for name in ("torch._dynamo",  # the first Optimizer.step() imports it: 1 s
                  "checks.preflight", "checks.registry", "checks.report.painter", "checks.report.render",
+                 "checks.report.figures",  # matplotlib, for drawing a backlog of figures here
                  "recipe.data", "recipe.pipeline", "recipe.train", "recipe.user_code", "torchvision"):
         try:
             import_module(name)

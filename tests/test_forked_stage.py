@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import pytest
 import torch
 
 from checks import data_checks, skeleton_checks
+from checks import forked_stage
 from checks.forked_stage import SERIAL_ENV, fork_helps, iter_forked
 from checks.registry import CHECKS_BY_STAGE
 from checks.result import CheckResult, Verdict
@@ -90,6 +92,11 @@ def test_fork_is_declined_where_it_cannot_help(linear, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     assert not fork_helps(linear)  # CUDA does not survive a fork
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(forked_stage, "FORK_FROM_IMAGES", len(linear.data.train) + 1)
+    assert not fork_helps(linear)  # a short data stage: nothing to gain
+    monkeypatch.setattr(forked_stage, "FORK_FROM_IMAGES", len(linear.data.train))
+    assert fork_helps(linear) is (threading.active_count() == 1)
 
 
 def test_recipe_check_asks_for_the_fork(monkeypatch, tmp_path, fast_sample):

@@ -38,9 +38,19 @@ def test_the_worker_draws_exactly_what_this_process_would():
     assert here[0]["png_base64"] and here[-1]["png_base64"] is None and "bogus" in here[-1]["error"]
 
 
+def test_a_long_backlog_is_drawn_from_both_ends_in_order():
+    figures = [f for _ in range(4) for f in some_figures()[:2]]  # 8 figures at once: the worker cannot keep up
+    painter = Painter(workers=1)
+    painter.submit("many", figures)
+    drawn = painter.drawn()
+    assert painter.drawn_here >= 1  # this process took part of the backlog
+    assert painter.drawn_here < len(figures)  # and the worker the rest
+    assert drawn["many"] == [draw_entry(f) for f in figures]  # each in its place, the same bytes
+
+
 def test_a_dead_worker_costs_no_figure():
     painter = Painter(workers=1)
-    assert painter._child is None  # started with the first figure, so a fork before it copies no thread
+    assert not painter._threads_started  # they start with the first figure: a fork before copies no thread
     painter.submit("check_a", some_figures()[:1])
     painter._child.kill()
     painter.submit("check_a", some_figures()[1:2])
