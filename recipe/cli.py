@@ -245,13 +245,17 @@ def write_checks_only(args: argparse.Namespace, pipeline, preflight) -> Path:
     from recipe.runs import finish_before_ctrl_c, run_folder
 
     with run_folder(Path(args.report_dir)) as run, finish_before_ctrl_c():
-        write_run_report(run.path, preflight, pipeline, _timings(args, checks_s=preflight.checks_s),
-                         drawn=_drawn(args), clock=partial(_since, args.started), previous=_previous(args, preflight))
+        waited = time.perf_counter()
+        drawn = _drawn(args)
+        timings = _timings(args, checks_s=preflight.checks_s, figures_wait_s=time.perf_counter() - waited)
+        write_run_report(run.path, preflight, pipeline, timings, drawn=drawn, clock=partial(_since, args.started),
+                         previous=_previous(args, preflight))
     return run.final / INDEX_NAME
 
 
 def _drawn(args: argparse.Namespace) -> dict | None:
-    """The check figures the painter drew while the checks ran (None when no checks ran here)."""
+    """The check figures the painter drew while the checks ran (None when no checks ran here); waits for
+    the ones it still draws (timings.figures_wait_s)."""
     painter = getattr(args, "painter", None)
     return painter.drawn() if painter is not None else None
 

@@ -14,7 +14,8 @@ The record (results.json), schema_version 1; see checks/report/SCHEMA.md for eve
      "config": {...TrainConfig.as_dict()},
      "environment": {"python", "torch", "torchvision", "numpy", "platform", "device", "seed", "git_commit"},
      "timings": {"data_load_s": float, "checks_s": float, "training_s": float | null, "report_s": float,
-                 "total_s": float},
+                 "total_s": float, "figures_wait_s": float (check: the figures worker finishing after the
+                 checks), "process": "cold" | "warm" (recipe/warm.py)},
      "checks": [CheckResult.to_json(), ...],
      "training": null | {"epochs": [...], "val_accuracy", "val_ci95", "test_accuracy", "test_ci95",
                          "stopped", "per_class", "anchors", ...}}
