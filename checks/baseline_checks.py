@@ -125,7 +125,7 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
                Figure("matrix", "prediction vs label on the batch (eval mode)", {
                    "values": torch.nn.functional.one_hot(predicted.clamp(0, len(names) - 1), len(names)).T.cpu().numpy(),
                    "rows": list(names), "cols": [names[int(c)] for c in y.tolist()], "ylabel": "predicted",
-                   "xlabel": "true label of each example"})]
+                   "xlabel": "true label of each example", "annotate": False})]  # 0/1: the colour says it
     details = {"steps": len(losses), "final_loss": final, "batch_accuracy": accuracy, "first_loss": first,
                "loss_floor": floor, "floor_accuracy": floor_accuracy, "threshold": threshold,
                "train_mode_accuracy": train_mode_accuracy, "extended": len(losses) > max_steps}
@@ -253,7 +253,8 @@ def prediction_dynamics(pipeline: Pipeline, min_gain: float = 0.1, min_progress:
     names = pipeline.data.class_names
     figure = Figure("matrix", "probability of the true class on fixed val examples, across training", {
         "values": values.numpy(), "rows": [f"#{i} {names[int(c)]}" for i, c in enumerate(y.tolist())],
-        "cols": [str(step) for step in run.taken], "xlabel": "step", "ylabel": "example"})
+        "cols": [str(step) for step in run.taken], "xlabel": "step", "ylabel": "example",
+        "annotate": False})  # the colour bar reads it; 176 numbers were a third of the figures' drawing
     # The end is the mean over the last third of the snapshots, not the last one: in eval mode a model
     # with BatchNorm and momentum can swing by 0.2 within a few steps, and one snapshot decided the verdict.
     late = max(2, values.shape[1] // 3) if values.shape[1] > 2 else 1

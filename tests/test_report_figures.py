@@ -49,3 +49,12 @@ def test_channel_first_images_draw(shape):
 def test_a_wrong_image_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"images must be \(N, H, W\)"):
         render_png(Figure("images", "bad", {"images": np.zeros((4, 28))}))
+
+
+def test_a_matrix_can_leave_its_cells_unnumbered():
+    from checks.report import figures
+
+    data = {"values": np.eye(3), "rows": ["a", "b", "c"], "cols": ["a", "b", "c"]}
+    numbered = figures._matrix(data).axes[0].texts
+    assert [t.get_text() for t in numbered] == ["1", "0", "0", "0", "1", "0", "0", "0", "1"]
+    assert len(figures._matrix({**data, "annotate": False}).axes[0].texts) == 0

@@ -218,7 +218,7 @@ def _matrix(data: dict[str, Any]) -> MplFigure:
     ax.set_yticks(range(len(rows)), [_wrap(r, 14) for r in rows], fontsize=7)
     ax.set_xlabel(str(data.get("xlabel", "")))
     ax.set_ylabel(str(data.get("ylabel", "")))
-    if values.size <= MAX_ANNOTATED_CELLS:
+    if data.get("annotate", True) and values.size <= MAX_ANNOTATED_CELLS:  # each number costs ~2 ms to draw
         top = np.nanmax(values) if values.size else 0
         for (r, c), v in np.ndenumerate(values):
             text = f"{v:.0f}" if float(v).is_integer() else f"{v:.2g}"
