@@ -115,3 +115,22 @@ def test_an_idle_warm_process_exits(tmp_path):
         time.sleep(0.2)
     assert not list(tmp_path.glob("*.sock"))
     assert "no warm process" in recipe(env, "warm", "--stop").stdout
+
+
+def test_a_cold_command_on_a_terminal_offers_a_warm_process(monkeypatch):
+    from recipe import warm
+
+    monkeypatch.setenv("RECIPE_WARM", "1")
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(warm, "running", lambda: False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert warm.worth_starting(["check", "--data", "sample"]) and warm.worth_starting(["--quiet", "run"])
+    assert not warm.worth_starting(["report"]) and not warm.worth_starting(["diff", "a", "b"])
+    monkeypatch.setenv("RANK", "0")
+    assert not warm.worth_starting(["train"])  # under torchrun
+    monkeypatch.delenv("RANK")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not warm.worth_starting(["check"])  # CI logs, pipes: never
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setenv("RECIPE_WARM", "0")
+    assert not warm.worth_starting(["check"])
