@@ -120,7 +120,7 @@ def _cold_rows(data: str, repeats: int, floor: float, cwd: Path, raw: dict) -> l
                 note=f"CPU {_cpu()}; exit codes {[c for _, c, _ in runs]}; ratio: x import torch"),
             Row("startup", "  data load (recorded)", recorded["data_load_s"], "s"),
             Row("startup", "  checks (recorded)", recorded["checks_s"], "s",
-                note="the data stage in a forked copy beside the others"),
+                note="from 20,000 train images the data stage runs in a forked copy beside the others"),
             Row("startup", "  waiting for the figures worker after the checks (recorded)", recorded["figures_wait_s"],
                 "s", note="it draws while the checks run; this process helps with a backlog"),
             Row("startup", "  figures drawn here, and the page (recorded)", recorded["report_s"], "s"),

@@ -117,7 +117,8 @@ def _serve(checks, pipeline, run_check, writer) -> None:
 
 
 def iter_forked(pipeline, checks_by_stage: dict, gate: bool, wanted: Callable[[Callable], bool],
-                on_start: Callable[[str, str], None] | None, run_check) -> Iterator[CheckResult]:
+                on_start: Callable[[str, str], None] | None, on_done: Callable[[CheckResult], None] | None,
+                run_check) -> Iterator[CheckResult]:
     """What the runner's serial loop yields, with the first stage run in a forked copy."""
     first = [check for check in checks_by_stage.get(FIRST, []) if wanted(check)]
     later = [(stage, check) for stage in STAGES[1:] for check in checks_by_stage.get(stage, []) if wanted(check)]
@@ -135,6 +136,8 @@ def iter_forked(pipeline, checks_by_stage: dict, gate: bool, wanted: Callable[[C
             if not block and on_start is not None:  # it had come already: every check is announced once
                 on_start(check.__name__, FIRST)
             result = run_check(check, pipeline, FIRST) if isinstance(message, str) else message
+            if on_done is not None:
+                on_done(result)
             first_blocks = first_blocks or result.verdict.blocks
             yield result
 
@@ -150,12 +153,20 @@ def iter_forked(pipeline, checks_by_stage: dict, gate: bool, wanted: Callable[[C
                 blocked_by = blocked_by or (later[index - 1][0] if gate and stage_blocks else None)
                 stage_blocks = False
             held[check.__name__] = run_check(check, pipeline, stage, blocked_by)
+            if on_done is not None:  # its figures can be drawn now, though it is yielded later
+                on_done(held[check.__name__])
             stage_blocks = stage_blocks or held[check.__name__].verdict.blocks
         yield from arrived(block=True)
         for stage, check in later:
             if on_start is not None:
                 on_start(check.__name__, stage)
-            yield run_check(check, pipeline, stage, FIRST) if gate and first_blocks else held[check.__name__]
+            if gate and first_blocks:
+                skipped = run_check(check, pipeline, stage, FIRST)
+                if on_done is not None:
+                    on_done(skipped)
+                yield skipped
+            else:
+                yield held[check.__name__]
     finally:
         if copy is not None:
             copy.close()

@@ -49,13 +49,15 @@ def identify(spec: str, pipeline) -> dict[str, str]:
 
 def run_preflight(pipeline, spec: str, *, gate: bool = True, only: Collection[str] | None = None,
                   on_start: Callable | None = None, on_result: Callable | None = None,
-                  parts: dict[str, str] | None = None, fork: bool = False) -> Preflight:
+                  parts: dict[str, str] | None = None, fork: bool = False,
+                  on_done: Callable | None = None) -> Preflight:
     """Run the checks (all, or `only` those) through the one runner and identify what they vouch for.
-    `fork`: the data stage may run in a forked copy beside the others (see checks/runner.py)."""
+    `fork`, `on_done`: see `checks.runner.iter_results`."""
     parts = parts if parts is not None else identify(spec, pipeline)
     started = time.perf_counter()
     results = []
-    for result in iter_results(pipeline, gate=gate, only=only, on_start=on_start, fork=fork):
+    for result in iter_results(pipeline, gate=gate, only=only, on_start=on_start, fork=fork,
+                               on_done=on_done):
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -37,10 +37,13 @@ def run_check(check: Callable[..., CheckResult], pipeline, stage: str, blocked_b
 
 def iter_results(pipeline, *, gate: bool = True, only: Collection[str] | None = None,
                  checks_by_stage: dict | None = None, on_start: OnEvent | None = None,
-                 fork: bool = False) -> Iterator[CheckResult]:
+                 fork: bool = False, on_done: Callable[[CheckResult], None] | None = None
+                 ) -> Iterator[CheckResult]:
     """Yield each check's result as it finishes, in stage order. With `fork`, where it is safe, the
     data stage runs in a forked copy of this process beside the later stages (checks/forked_stage.py);
-    the results, their order and the gate are the same."""
+    the results, their order and the gate are the same. `on_done` sees each result as soon as it
+    exists, which with `fork` can be before earlier ones are yielded: for work that needs no order
+    (drawing its figures)."""
     checks_by_stage = CHECKS_BY_STAGE if checks_by_stage is None else checks_by_stage
     if only is not None:
         unknown = sorted(set(only) - {c.__name__ for checks in checks_by_stage.values() for c in checks})
@@ -51,7 +54,7 @@ def iter_results(pipeline, *, gate: bool = True, only: Collection[str] | None = 
 
         wanted = lambda check: only is None or check.__name__ in only  # noqa: E731
         if fork_helps(pipeline) and any(map(wanted, checks_by_stage.get(FIRST, []))):
-            yield from iter_forked(pipeline, checks_by_stage, gate, wanted, on_start, run_check)
+            yield from iter_forked(pipeline, checks_by_stage, gate, wanted, on_start, on_done, run_check)
             return
     blocked_by: str | None = None
     for stage in STAGES:
@@ -62,6 +65,8 @@ def iter_results(pipeline, *, gate: bool = True, only: Collection[str] | None = 
             if on_start is not None:
                 on_start(check.__name__, stage)
             result = run_check(check, pipeline, stage, blocked_by)
+            if on_done is not None:
+                on_done(result)
             stage_blocks = stage_blocks or result.verdict.blocks
             yield result
         if gate and blocked_by is None and stage_blocks:

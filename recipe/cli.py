@@ -133,12 +133,12 @@ def run_checks(args: argparse.Namespace, pipeline, parts: dict | None = None):
     def on_result(result) -> None:
         finished.append(result)
         progress.finish(result)
-        args.painter.submit(result.name, result.figures)
 
     started = time.perf_counter()
     try:
         return run_preflight(pipeline, args.pipeline, gate=not args.no_gate, on_start=progress.start,
-                             on_result=on_result, parts=parts, fork=True)
+                             on_result=on_result, parts=parts, fork=True,
+                             on_done=lambda result: args.painter.submit(result.name, result.figures))
     except KeyboardInterrupt:
         if finished:
             partial = Preflight(finished, args.pipeline, parts or identify(args.pipeline, pipeline),
@@ -411,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
             raise RecipeError(f"{suggest_flags(extras, args.command, build_parser().commands)} "
                               f"(see `recipe {args.command} --help`)")
         args.started = _command_started()
+        if args.command in ("check", "run"):  # the figures worker starts (and imports matplotlib) on the
+            from checks.report.painter import Painter  # other core while this process imports torch
+
+            args.painter = Painter()
         if hasattr(args, "threads"):
             set_threads(args.threads)
         if args.command in ("check", "train", "run"):  # under torchrun, or --nproc N: see recipe/distributed.py

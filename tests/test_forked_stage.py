@@ -20,9 +20,10 @@ from tests.zoo.bugs import init_100x, leaked_test_images
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork runs on Linux only")
 
 
-def forked(pipeline, stages=CHECKS_BY_STAGE, gate=True, started=None):
+def forked(pipeline, stages=CHECKS_BY_STAGE, gate=True, started=None, done=None):
     on_start = None if started is None else lambda name, stage: started.append(name)
-    return list(iter_forked(pipeline, stages, gate, lambda check: True, on_start, run_check))
+    on_done = None if done is None else lambda result: done.append(result.name)
+    return list(iter_forked(pipeline, stages, gate, lambda check: True, on_start, on_done, run_check))
 
 
 def comparable(results: list[CheckResult]) -> list[tuple]:
@@ -32,10 +33,13 @@ def comparable(results: list[CheckResult]) -> list[tuple]:
 @pytest.mark.parametrize("bug", [None, leaked_test_images, init_100x], ids=["clean", "data_fail", "skeleton_fail"])
 def test_forked_data_stage_gives_what_one_process_gives(linear, bug):
     pipeline = linear if bug is None else bug(linear)
-    started: list[str] = []
+    started, done = [], []
     one_process = list(iter_results(pipeline))
-    assert comparable(forked(pipeline, started=started)) == comparable(one_process)
+    assert comparable(forked(pipeline, started=started, done=done)) == comparable(one_process)
     assert started == [r.name for r in one_process]  # the live display sees them in registry order
+    assert set(done) == {r.name for r in one_process}  # every result reaches on_done
+    if bug is None:
+        assert len(done) == len(one_process)  # once
     verdicts = {r.name: r.verdict for r in one_process}
     if bug is leaked_test_images:  # the gate: every later check SKIPped, as in one process
         assert verdicts["duplicates_and_leakage"] is Verdict.FAIL
@@ -49,6 +53,22 @@ def _planted(verdict: Verdict, details=None):
     def planted(pipeline):
         return CheckResult("planted", "data", verdict, 1.0, 0.0, "==", "planted", details=details or {})
     return planted
+
+
+def test_a_later_result_reaches_on_done_before_the_data_stage_is_yielded(linear):
+    import time
+
+    def slow_data_check(pipeline):
+        time.sleep(1.0)
+        return CheckResult("slow_data_check", "data", Verdict.PASS, 1.0, 2.0, "<=", "slow")
+
+    events = []
+    stages = {"data": [slow_data_check], "skeleton": [skeleton_checks.output_sanity]}
+    for result in iter_forked(linear, stages, True, lambda check: True, None,
+                              lambda result: events.append(("done", result.name)), run_check):
+        events.append(("yielded", result.name))
+    assert events.index(("done", "output_sanity")) < events.index(("yielded", "slow_data_check"))
+    assert [e for e in events if e[0] == "yielded"] == [("yielded", "slow_data_check"), ("yielded", "output_sanity")]
 
 
 def test_ungated_runs_every_later_check_after_a_data_fail(linear):

@@ -177,6 +177,7 @@ class Painter:
 def serve() -> None:
     """The worker: figures in on stdin, stored entries out on stdout, until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from checks.report import figures  # noqa: F401  matplotlib now, while the command imports torch
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
