@@ -26,8 +26,8 @@ FIRST = STAGES[0]        # the stage that runs in the copy
 SERIAL_ENV = "RECIPE_SERIAL_CHECKS"  # set to 1 to run every stage in this process
 # The data stage's cost grows with the images; the figures' (drawn in one worker process) does not.
 # Below this many train images the data stage is short, and a third busy process on two cores only
-# delays the drawing: `recipe check --data sample` (3,500) took 4.1-4.4 s forked, 4.0-4.1 s not; on
-# Fashion-MNIST (60,000) 5.4-5.6 s forked, 6.2 s not.
+# delays the drawing: `recipe check --data sample` (3,500) took 4.1-4.3 s forked, 3.9-4.1 s not; on
+# Fashion-MNIST (60,000) 4.9-5.1 s forked, 5.7-6.0 s not.
 FORK_FROM_IMAGES = 20_000
 
 
