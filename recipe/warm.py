@@ -27,6 +27,7 @@ import socket
 import struct
 import sys
 from pathlib import Path
+from typing import Callable
 
 ENV_SWITCH = "RECIPE_WARM"          # 0: never use or start a warm process
 ENV_DIR = "RECIPE_WARM_DIR"         # where sockets live (default: $XDG_RUNTIME_DIR/recipe or /tmp/recipe-<uid>)
@@ -136,7 +137,7 @@ def start_in_background(quiet: bool = False) -> Path:
     import subprocess
 
     path = socket_path()
-    subprocess.Popen([sys.executable, "-m", "recipe.warm", "serve"], stdin=subprocess.DEVNULL,
+    subprocess.Popen([sys.executable, "-m", "recipe.warm_server"], stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                      env=os.environ.copy())
     if not quiet:
@@ -199,19 +200,18 @@ def command(args) -> int:
             print(f"warm process ready: {path} (exits after {idle_s() / 60:g} idle min)")
             return 0
         time.sleep(0.05)
-    raise RecipeError("the warm process did not start within 15 s; run `python -m recipe.warm serve` to see why")
+    raise RecipeError("the warm process did not start within 15 s; run `python -m recipe.warm_server` to see why")
 
 
 # ---------------------------------------------------------------- the warm process
 
-def serve() -> None:
-    """Import once, then fork a child per command until IDLE_S pass without one."""
+def serve(preload: Callable[[], None], run: Callable[[list[str], float], int]) -> None:
+    """Import once (`preload`), then fork a child per command until IDLE_S pass without one; the child
+    calls `run(argv, the client's start time)` (recipe/warm_server.py passes recipe.cli's)."""
     path = socket_path()  # before any import could change the environment
     import torch
 
     torch.set_num_threads(1)  # no thread pool yet: each fork sets its own (--threads)
-    from recipe.cli import preload
-
     preload()
 
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -241,7 +241,7 @@ def serve() -> None:
                     return
                 if os.fork() == 0:
                     listener.close()
-                    _run_child(conn, request, fds)  # never returns
+                    _run_child(conn, request, fds, run)  # never returns
                 for fd in fds:
                     os.close(fd)
     finally:
@@ -252,7 +252,7 @@ def serve() -> None:
             pass
 
 
-def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
+def _run_child(conn: socket.socket, request: dict, fds: list[int], run: Callable[[list[str], float], int]) -> None:
     """Become the client's command: its fds, directory, environment, arguments and start time."""
     import atexit
     import io
@@ -276,10 +276,7 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         sys.path[:] = request["path"]
         sys.argv = ["recipe", *request["argv"]]
         _send(conn, {"pid": os.getpid()})
-        from recipe import cli
-
-        cli.warm_start(request["started"])
-        code = cli.main(request["argv"])
+        code = run(request["argv"], request["started"])
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else 0
     except BaseException:
@@ -294,7 +291,3 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
             _send(conn, {"exit": code})
         finally:
             os._exit(code)
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
-    serve()

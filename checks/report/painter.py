@@ -87,10 +87,10 @@ class Painter:
 
     def _start_threads(self) -> None:
         """A sender and a receiver, so neither side ever blocks on a full pipe while the checks run."""
-        self._threads_started = True
         self._sender = threading.Thread(target=self._send, daemon=True)
-        self._sender.start()
         self._reader = threading.Thread(target=self._receive, daemon=True)
+        self._threads_started = True
+        self._sender.start()
         self._reader.start()
 
     def _send(self) -> None:
@@ -162,6 +162,12 @@ class Painter:
         with self._state:
             self._closing = True
             self._state.notify_all()
+        for thread in (self._sender, self._reader):
+            if thread.ident is None:  # a Ctrl-C came between creating and starting it
+                try:
+                    thread.start()
+                except RuntimeError:  # it had started after all
+                    pass
         self._sender.join()
         self._reader.join()
         self._child.wait()
