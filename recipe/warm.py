@@ -132,14 +132,16 @@ def run_warm(argv: list[str], started: float) -> int | None:
                 return int(message["exit"])
 
 
-def start_in_background(quiet: bool = False) -> Path:
-    """Start a warm process for this code and environment (returns at once; it is ready in ~3 s)."""
+def start_in_background(quiet: bool = False, environ: dict[str, str] | None = None) -> Path:
+    """Start a warm process for this code and `environ` (default: this process's; pass the one a
+    command started with: importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR). Returns at once; it
+    is ready in ~3 s."""
     import subprocess
 
-    path = socket_path()
+    environ = dict(os.environ if environ is None else environ)
+    path = socket_path(environ)
     subprocess.Popen([sys.executable, "-m", "recipe.warm_server"], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                     env=os.environ.copy())
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=environ)
     if not quiet:
         print(f"recipe: keeping torch loaded in a background process for {idle_s() / 60:g} min, so the next "
               f"`recipe check` starts at once (RECIPE_WARM=0 turns this off; `recipe warm --stop` stops it)",
@@ -160,10 +162,10 @@ def stop() -> bool:
     return True
 
 
-def running() -> bool:
+def running(environ: dict[str, str] | None = None) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         try:
-            conn.connect(str(socket_path()))
+            conn.connect(str(socket_path(environ)))
         except OSError:
             return False
         _send(conn, {"ping": True})
@@ -174,10 +176,11 @@ def idle_s() -> float:
     return float(os.environ.get(ENV_IDLE, IDLE_S))
 
 
-def worth_starting(argv: list[str]) -> bool:
-    """After a cold check/train/run on a terminal, start a warm process for the next one."""
+def worth_starting(argv: list[str], environ: dict[str, str] | None = None) -> bool:
+    """After a cold check/train/run on a terminal, start a warm process for the next one (`environ`:
+    what the command started with)."""
     return (enabled() and command_of(argv) in COMMANDS and "RANK" not in os.environ and sys.stderr.isatty()
-            and not running())
+            and not running(environ))
 
 
 def command(args) -> int:
