@@ -59,6 +59,19 @@ def test_a_dead_worker_costs_no_figure():
     assert all(e["png_base64"] for e in drawn["check_a"])
 
 
+def test_a_stuck_worker_is_killed_and_costs_no_figure():
+    import signal
+
+    painter = Painter(workers=1)
+    painter.CLOSE_WAIT_S = 1.0
+    painter.submit("check_a", some_figures()[:1])
+    painter._child.send_signal(signal.SIGSTOP)  # alive, but it never answers again
+    painter.submit("check_a", some_figures()[1:2])
+    drawn = painter.drawn()
+    assert [e["title"] for e in drawn["check_a"]] == ["digits", "loss"]
+    assert all(e["png_base64"] for e in drawn["check_a"])
+
+
 def test_no_worker_draws_in_this_process():
     painter = Painter(workers=0)
     painter.submit("check_a", some_figures()[1:2])

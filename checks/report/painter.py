@@ -61,6 +61,7 @@ class Painter:
 
     IN_FLIGHT = 2        # one being drawn, one waiting: the worker never idles on the pipe
     STEAL_FROM = 6       # figures still waiting at the end worth importing matplotlib here (~0.4 s) for
+    CLOSE_WAIT_S = 60.0  # a backlog takes ~0.1 s a figure; far longer means the worker is stuck
 
     def __init__(self, workers: int | None = None):
         self._submitted: dict[str, list[Figure]] = {}
@@ -168,8 +169,15 @@ class Painter:
                     thread.start()
                 except RuntimeError:  # it had started after all
                     pass
-        self._sender.join()
-        self._reader.join()
+        self._sender.join(timeout=self.CLOSE_WAIT_S)
+        self._reader.join(timeout=self.CLOSE_WAIT_S)  # it ends when the worker exits
+        if self._sender.is_alive() or self._reader.is_alive():  # a worker that stopped answering must not
+            self._child.kill()                                   # hang the command: drawn() draws the rest
+            with self._state:
+                self._gone = True
+                self._state.notify_all()
+            self._sender.join()
+            self._reader.join()
         self._child.wait()
         self._child = None
 
