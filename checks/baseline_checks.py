@@ -10,6 +10,7 @@ from checks.reference_run import budgeted_training, reference_run, shared_per_pi
 from checks.result import CheckResult, Figure, Verdict
 from checks.sampling import (PlannedSchedule, accuracy_and_loss, first_batches, fresh_model, has_running_stats,
                              loss_floor, output_family)
+from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects
 
@@ -70,7 +71,7 @@ def _still_falling(excess: list[float], window: int, min_fall: float) -> bool:
 
 @torch.no_grad()
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-    predicted = model(x).argmax(1)
+    predicted = forward_logits(model, x).argmax(1)
     return (predicted == y).float().mean().item(), predicted
 
 
@@ -94,7 +95,7 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
     x, y = batch.x[:batch_size], batch.y[:batch_size]
     model = fresh_model(pipeline)
     with torch.no_grad():  # a copy in eval mode: no running stats or dropout draws spent on the real model
-        at_init = copy.deepcopy(model).eval()(x)
+        at_init = forward_logits(copy.deepcopy(model).eval(), x)
     floor, floor_accuracy = loss_floor(pipeline, at_init, y)
     # Outputs that are already probabilities keep a loss that expects logits off its minimum.
     logits_floor = loss_floor(pipeline, at_init, y, family="logits")[0] \

@@ -27,6 +27,7 @@ from torch import nn
 
 from checks.result import CheckResult, Verdict, not_applicable
 from checks.sampling import first_batches, fresh_model, output_family
+from recipe.outputs import forward_logits
 
 STAGE = "skeleton"
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)  # Linear (and LazyLinear), Conv/ConvTranspose 1-3d
@@ -79,7 +80,7 @@ def _hooks(model: nn.Module, layers: dict[str, nn.Module], inject: dict | None, 
 def _run(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, inject: dict | None = None):
     record: dict = {}
     with _hooks(model, layers, inject, record):
-        out = model(x)
+        out = forward_logits(model, x)
     return out, record
 
 

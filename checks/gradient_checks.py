@@ -18,6 +18,7 @@ from torch import nn
 
 from checks.result import CheckResult, Verdict
 from checks.sampling import PlannedSchedule, first_batches, fresh_model
+from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects
 
@@ -31,7 +32,7 @@ def _fresh_gradients(pipeline: Pipeline, model: nn.Module, x, y, seed: int) -> G
     for p in probe.parameters():
         p.grad = None
     torch.manual_seed(seed)  # the step that follows is re-seeded the same: the same dropout draws
-    loss = pipeline.loss_fn(probe(x), y)
+    loss = pipeline.loss_fn(forward_logits(probe, x), y)
     if loss.requires_grad:  # else nothing in the graph trains: every gradient stays None
         loss.backward()
     return {n: None if p.grad is None else p.grad.detach().clone() for n, p in probe.named_parameters()}
@@ -59,14 +60,14 @@ def _used_by_forward(model: nn.Module, x: torch.Tensor, names: list[str]) -> set
     if not names:
         return set()
     probe = copy.deepcopy(model).eval()
-    base = probe(x)
+    base = forward_logits(probe, x)
     params = dict(probe.named_parameters())
     used = set()
     for name in names:
         p = params[name]
         saved = p.detach().clone()
         p.add_(torch.randn_like(p) * (0.1 + p.abs().mean()))
-        if not torch.allclose(probe(x), base, rtol=1e-5, atol=1e-7):
+        if not torch.allclose(forward_logits(probe, x), base, rtol=1e-5, atol=1e-7):
             used.add(name)
         p.copy_(saved)
     return used
@@ -84,11 +85,11 @@ def _learns_from_input(model: nn.Module, x: torch.Tensor) -> bool:
         return True
     probe = copy.deepcopy(model).eval()
     trainable = [p for p in probe.parameters() if p.requires_grad]
-    direction = torch.randn_like(probe(x).float())
+    direction = torch.randn_like(forward_logits(probe, x).float())
 
     def input_gradient() -> torch.Tensor:
         xi = x.detach().clone().requires_grad_(True)
-        (probe(xi).float() * direction).sum().backward(inputs=[xi])
+        (forward_logits(probe, xi).float() * direction).sum().backward(inputs=[xi])
         return xi.grad
 
     before = input_gradient()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from checks.sampling import PlannedSchedule, behaves_differently_in_eval, first_batches, fresh_model, generator
+from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects
 
@@ -125,7 +126,7 @@ def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = Fal
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
         with torch.no_grad():
-            probabilities = torch.softmax(model(watched_x).float(), 1)
+            probabilities = torch.softmax(forward_logits(model, watched_x).float(), 1)
         for module, training in modes:  # each module as the step left it: model.train() would hide one left in eval
             module.training = training
         run.true_class_probability.append(probabilities[torch.arange(len(run.watched_labels)), run.watched_labels].cpu())

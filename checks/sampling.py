@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import step_scheduler, take_step, training_objects
 
@@ -210,7 +211,7 @@ def accuracy_and_loss(pipeline: Pipeline, model: nn.Module, split: str, max_exam
     correct, total_loss, count = 0, 0.0, 0
     for batch in pipeline.batches(split, shuffle=False, augment=False):
         x = torch.zeros_like(batch.x) if zero_inputs else batch.x
-        logits = model(x)
+        logits = forward_logits(model, x)
         correct += (logits.argmax(1) == batch.y).sum().item()
         total_loss += nn.functional.cross_entropy(logits.float(), batch.y, reduction="sum").item()
         count += len(batch.y)

@@ -10,6 +10,7 @@ from torch import nn
 from checks.result import CheckResult, Figure, Verdict, measured
 from checks.reference_run import reference_run
 from checks.sampling import first_batches, fresh_model, short_training
+from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 
 STAGE = "skeleton"
@@ -36,7 +37,7 @@ def output_sanity(pipeline: Pipeline) -> CheckResult:
     model = fresh_model(pipeline)
     model.eval()
     with torch.no_grad():
-        out = model(batch.x)
+        out = forward_logits(model, batch.x)
     problems = []
     expected = (len(batch.y), pipeline.num_classes)
     if not isinstance(out, torch.Tensor):
@@ -84,7 +85,7 @@ def loss_at_init(pipeline: Pipeline, tolerance: float = 0.05, max_examples: int 
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in pipeline.batches("val", shuffle=False, augment=False):
-            total += pipeline.loss_fn(model(batch.x), batch.y).item() * len(batch.y)
+            total += pipeline.loss_fn(forward_logits(model, batch.x), batch.y).item() * len(batch.y)
             count += len(batch.y)
             if count >= max_examples:
                 break
@@ -92,7 +93,7 @@ def loss_at_init(pipeline: Pipeline, tolerance: float = 0.05, max_examples: int 
     classes = pipeline.num_classes
     ideal = math.log(classes)
     with torch.no_grad():
-        logits = model(first_batches(pipeline, "val", 1, shuffle=False)[0].x)
+        logits = forward_logits(model, first_batches(pipeline, "val", 1, shuffle=False)[0].x)
     uniform = logits.dim() == 2 and bool((logits.max(1).values - logits.min(1).values).abs().max() < 1e-6)
     prior = torch.bincount(pipeline.data.train.labels, minlength=classes).double()
     prior = prior[prior > 0] / prior.sum()
@@ -160,7 +161,7 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
     handles = [module.register_forward_pre_hook(record(name)) for name, module in model.named_modules() if name]
     x = batch.x.float().clone().requires_grad_(True)
     try:
-        out = model(x)
+        out = forward_logits(model, x)
     finally:
         for handle in handles:
             handle.remove()
@@ -207,7 +208,7 @@ def eval_determinism(pipeline: Pipeline, rtol: float = 1e-5, atol: float = 1e-6)
         for parameter in model.parameters():  # a zero-initialised layer would hide any randomness before it
             if parameter.dim() > 1 and parameter.abs().max() == 0:
                 parameter.normal_(0, 0.01)
-        first, second = model(batch.x), model(batch.x)
+        first, second = forward_logits(model, batch.x), forward_logits(model, batch.x)
     if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape):
         return CheckResult("eval_determinism", STAGE, Verdict.NA, None, None, "",
                            "the model does not return one tensor, so its eval outputs cannot be compared "

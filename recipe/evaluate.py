@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 
 
@@ -42,7 +43,7 @@ def test_predictions(model: nn.Module, pipeline: Pipeline) -> tuple[torch.Tensor
     model.eval()
     ys, probs, order = [], [], []
     for batch in pipeline.batches("test", shuffle=False, augment=False):
-        probs.append(torch.softmax(model(batch.x).float(), dim=1).cpu())  # (B, C)
+        probs.append(torch.softmax(forward_logits(model, batch.x).float(), dim=1).cpu())  # (B, C)
         ys.append(batch.y.cpu())
         order.append(batch.idx.cpu())
     model.train(was_training)
@@ -103,7 +104,7 @@ def _correct(model: nn.Module, batch, image_shape: tuple[int, int], down: int, r
         vacated = shift_image(torch.zeros_like(x[:1]), down, right, 1.0)
         moved = moved + vacated * background.to(x.device)
     moved = moved.reshape(batch.x.shape)
-    return int((model(moved).argmax(1) == batch.y).sum())
+    return int((forward_logits(model, moved).argmax(1) == batch.y).sum())
 
 
 def weight_templates(model: nn.Module, pipeline: Pipeline) -> torch.Tensor | None:

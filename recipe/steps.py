@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from recipe.outputs import forward_logits
+
 StepFn = Callable[[nn.Module, torch.optim.Optimizer, Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -18,7 +20,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
                x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One SGD step on one batch; returns the batch loss (detached, still on the device)."""
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
+    loss = loss_fn(forward_logits(model, x), y)
     loss.backward()
     optimizer.step()
     return loss.detach()

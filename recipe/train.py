@@ -20,6 +20,7 @@ from torch import nn
 
 from recipe.errors import RecipeError
 from recipe.files import atomic_write
+from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -100,7 +101,7 @@ def evaluate(model: nn.Module, pipeline: Pipeline, split: str, max_batches: int 
     for i, batch in enumerate(pipeline.batches(split, shuffle=False, augment=False)):
         if max_batches is not None and i >= max_batches:
             break
-        logits = model(batch.x)
+        logits = forward_logits(model, batch.x)
         total_loss += float(pipeline.loss_fn(logits, batch.y)) * len(batch.y)
         correct += (logits.argmax(1) == batch.y).sum().item()
         count += len(batch.y)
