@@ -464,12 +464,9 @@ def entry() -> None:
 
     from recipe import warm
 
-    argv, environ = sys.argv[1:], dict(os.environ)  # as it was: torch._dynamo's import adds to it
-    code = warm.run_warm(argv, STARTED)  # None: no warm process serves this code; run it here
+    code = warm.run_warm(sys.argv[1:], STARTED)  # None: no warm process serves this code; run it here
     if code is None:
         code = main()
-        if code in (EXIT_OK, EXIT_FAILED) and warm.worth_starting(argv, environ):
-            warm.start_in_background(quiet="--quiet" in argv, environ=environ)
     sys.stdout.flush()
     sys.stderr.flush()
     atexit._run_exitfuncs()

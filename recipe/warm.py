@@ -12,8 +12,13 @@ code comes back. The same idea as Spring for Rails or the Gradle daemon.
 The warm process serves only the code and settings it was started with: the socket's name is a
 hash of the Python, the harness's source files and the environment variables torch reads at import,
 so an edit or a different `OMP_NUM_THREADS` finds no server and runs cold. It exits after IDLE_S
-seconds without a command. `recipe warm` starts one; `recipe check/train/run` on a terminal start
-one after a cold run (and say so); RECIPE_WARM=0 turns all of this off.
+seconds without a command. Only `recipe warm` starts one (nothing starts in the background unasked);
+RECIPE_WARM=0 turns all of this off.
+
+No other user may serve or see a command: the client hands over its environment and its terminal.
+So the socket's folder must be the user's own, mode 0700 and not a link (checked with lstat: on a
+shared /tmp another user can create /tmp/recipe-<uid> first), and each side checks the other's uid
+with SO_PEERCRED before it sends anything. Anything else is refused, and the command runs cold.
 
 Nothing here imports torch at module level: the client must stay as light as `recipe --help`.
 """
@@ -24,10 +29,10 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 import sys
 from pathlib import Path
-from typing import Callable
 
 ENV_SWITCH = "RECIPE_WARM"          # 0: never use or start a warm process
 ENV_DIR = "RECIPE_WARM_DIR"         # where sockets live (default: $XDG_RUNTIME_DIR/recipe or /tmp/recipe-<uid>)
@@ -73,6 +78,66 @@ def socket_path(environ: dict[str, str] | None = None) -> Path:
     return folder() / f"{key(environ)}.sock"
 
 
+def why_untrusted(path: Path) -> str | None:
+    """Why `path` may not hold this user's sockets (None: it may). lstat, so a link is seen as one."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    if stat.S_ISLNK(info.st_mode):
+        return f"{path} is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{path} is not a folder"
+    if info.st_uid != os.getuid():
+        return f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()})"
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        return f"{path} has mode {stat.S_IMODE(info.st_mode):04o}, not 0700: other users could enter it"
+    return None
+
+
+def make_folder(path: Path) -> str | None:
+    """Create the sockets' folder, mode 0700, if it is missing; why it may not be used (None: it may)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass  # whoever made it, why_untrusted decides
+    return why_untrusted(path)
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket, as the kernel recorded it."""
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
+def _refusal(reason: str) -> str:
+    return (f"recipe: not using a warm process ({reason}); running cold. Remove it, or set {ENV_DIR} to a "
+            f"folder of your own")
+
+
+def _connect(environ: dict[str, str] | None = None) -> tuple[socket.socket | None, str | None]:
+    """A connection to this user's own warm process for this code, or (None, why not). A missing
+    folder or socket is no reason worth saying: no warm process was started."""
+    path = socket_path(environ)
+    if not os.path.lexists(path.parent):
+        return None, None
+    reason = why_untrusted(path.parent)
+    if reason is not None:
+        return None, reason
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(str(path))
+    except OSError:
+        conn.close()
+        return None, None
+    uid = peer_uid(conn)
+    if uid != os.getuid():
+        conn.close()
+        return None, f"{path} is served by uid {uid}, not by you (uid {os.getuid()})"
+    return conn, None
+
+
 # ---------------------------------------------------------------- the client
 
 def _send(conn: socket.socket, message: dict, fds: list[int] = ()) -> None:
@@ -98,15 +163,17 @@ def run_warm(argv: list[str], started: float) -> int | None:
     """Run this command in a warm process: its exit code, or None when none serves it (run it here)."""
     if not enabled() or command_of(argv) not in COMMANDS or "RANK" in os.environ:
         return None  # under torchrun every rank starts its own process, as torchrun expects
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(str(socket_path()))
-    except OSError:
-        conn.close()
+    conn, reason = _connect()
+    if conn is None:
+        if reason is not None:
+            print(_refusal(reason), file=sys.stderr)
         return None
     with conn:
-        _send(conn, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path,
-                     "started": started}, [0, 1, 2])
+        try:
+            _send(conn, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path,
+                         "started": started}, [0, 1, 2])
+        except OSError:  # it closed before reading: nothing ran there, so run here
+            return None
         child = None
 
         def forward(signum, frame):
@@ -122,6 +189,8 @@ def run_warm(argv: list[str], started: float) -> int | None:
                 continue
             except OSError:
                 message = None
+            if message is None and child is None:
+                return None  # it closed before starting the command (it refused us): run it here
             if message is None:
                 print("recipe: error: the warm process stopped without an exit code; run again with RECIPE_WARM=0 "
                       "to run without it", file=sys.stderr)
@@ -132,29 +201,21 @@ def run_warm(argv: list[str], started: float) -> int | None:
                 return int(message["exit"])
 
 
-def start_in_background(quiet: bool = False, environ: dict[str, str] | None = None) -> Path:
-    """Start a warm process for this code and `environ` (default: this process's; pass the one a
-    command started with: importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR). Returns at once; it
-    is ready in ~3 s."""
+def start_in_background() -> Path:
+    """Start a warm process for this code and environment (`recipe warm` only). Returns at once; it is
+    ready in ~3 s."""
     import subprocess
 
-    environ = dict(os.environ if environ is None else environ)
-    path = socket_path(environ)
+    path = socket_path()
     subprocess.Popen([sys.executable, "-m", "recipe.warm_server"], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=environ)
-    if not quiet:
-        print(f"recipe: keeping torch loaded in a background process for {idle_s() / 60:g} min, so the next "
-              f"`recipe check` starts at once (RECIPE_WARM=0 turns this off; `recipe warm --stop` stops it)",
-              file=sys.stderr)
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     return path
 
 
 def stop() -> bool:
     """Stop the warm process serving this code and environment; whether there was one."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(str(socket_path()))
-    except OSError:
+    conn, _ = _connect()
+    if conn is None:
         return False
     with conn:
         _send(conn, {"stop": True})
@@ -163,24 +224,19 @@ def stop() -> bool:
 
 
 def running(environ: dict[str, str] | None = None) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+    conn, _ = _connect(environ)
+    if conn is None:
+        return False
+    with conn:
         try:
-            conn.connect(str(socket_path(environ)))
-        except OSError:
+            _send(conn, {"ping": True})
+            return _receive(conn)[0] is not None
+        except OSError:  # it closed on us: not a warm process that serves this user
             return False
-        _send(conn, {"ping": True})
-        return _receive(conn)[0] is not None
 
 
 def idle_s() -> float:
     return float(os.environ.get(ENV_IDLE, IDLE_S))
-
-
-def worth_starting(argv: list[str], environ: dict[str, str] | None = None) -> bool:
-    """After a cold check/train/run on a terminal, start a warm process for the next one (`environ`:
-    what the command started with)."""
-    return (enabled() and command_of(argv) in COMMANDS and "RANK" not in os.environ and sys.stderr.isatty()
-            and not running(environ))
 
 
 def command(args) -> int:
@@ -194,103 +250,17 @@ def command(args) -> int:
     if args.stop:
         print("stopped the warm process" if stop() else "no warm process was running for this code")
         return 0
+    reason = make_folder(socket_path().parent)
+    if reason is not None:
+        raise RecipeError(f"cannot keep a warm process there: {reason}. Remove it, or set {ENV_DIR} to a folder "
+                          f"of your own")
     if running():
         print(f"a warm process is already running: {socket_path()}")
         return 0
-    path = start_in_background(quiet=True)
+    path = start_in_background()
     for _ in range(300):  # it is ready once its socket exists: about 3 s
         if running():
             print(f"warm process ready: {path} (exits after {idle_s() / 60:g} idle min)")
             return 0
         time.sleep(0.05)
     raise RecipeError("the warm process did not start within 15 s; run `python -m recipe.warm_server` to see why")
-
-
-# ---------------------------------------------------------------- the warm process
-
-def serve(preload: Callable[[], None], run: Callable[[list[str], float], int]) -> None:
-    """Import once (`preload`), then fork a child per command until IDLE_S pass without one; the child
-    calls `run(argv, the client's start time)` (recipe/warm_server.py passes recipe.cli's)."""
-    path = socket_path()  # before any import could change the environment
-    import torch
-
-    torch.set_num_threads(1)  # no thread pool yet: each fork sets its own (--threads)
-    preload()
-
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    spare = path.with_suffix(f".{os.getpid()}")
-    listener.bind(str(spare))
-    os.chmod(spare, 0o600)
-    listener.listen(8)
-    os.replace(spare, path)  # ready: only now can a client connect
-    mine = path.stat().st_ino
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forks reap themselves
-    listener.settimeout(idle_s())
-    try:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except socket.timeout:
-                return
-            conn.settimeout(None)
-            with conn:
-                request, fds = _receive(conn, 3)
-                if request is None or request.get("ping"):
-                    _send(conn, {"pong": True})
-                    continue
-                if request.get("stop"):
-                    _send(conn, {"stopped": True})
-                    return
-                if os.fork() == 0:
-                    listener.close()
-                    _run_child(conn, request, fds, run)  # never returns
-                for fd in fds:
-                    os.close(fd)
-    finally:
-        try:
-            if path.stat().st_ino == mine:  # a newer warm process may have taken the name since
-                path.unlink()
-        except OSError:
-            pass
-
-
-def _run_child(conn: socket.socket, request: dict, fds: list[int], run: Callable[[list[str], float], int]) -> None:
-    """Become the client's command: its fds, directory, environment, arguments and start time."""
-    import atexit
-    import io
-
-    code = 1
-    try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess.wait must see its children
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding=sys.stdin.encoding)
-        for name, fd in (("stdout", 1), ("stderr", 2)):
-            stream = io.TextIOWrapper(open(fd, "wb", closefd=False), encoding=getattr(sys, name).encoding,
-                                      errors="backslashreplace" if fd == 2 else "strict",
-                                      line_buffering=os.isatty(fd) or fd == 2)
-            setattr(sys, name, stream)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        sys.path[:] = request["path"]
-        sys.argv = ["recipe", *request["argv"]]
-        _send(conn, {"pid": os.getpid()})
-        code = run(request["argv"], request["started"])
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 0
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            atexit._run_exitfuncs()
-            _send(conn, {"exit": code})
-        finally:
-            os._exit(code)
