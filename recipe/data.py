@@ -9,7 +9,6 @@ carries the indices of its examples so checks can trace each one back to the sou
 """
 from __future__ import annotations
 
-import math
 import socket
 import threading
 from dataclasses import dataclass
@@ -20,19 +19,23 @@ import torch
 
 from recipe import image_sources, sources
 from recipe.errors import DataError
+from recipe.normalisation import (  # noqa: F401 (re-exported: recipe.data is where users import them)
+    UINT8_RANGE, NormStats, norm_stats, normalize, per_channel, pixel_mean_std, standardise, unit_pixels)
 
 SOURCES = ("auto", "mnist", "fashion-mnist", "cifar10", "folder", "sample")
 SPLIT_SEED = 0  # splits never move with the training seed, so val and test stay comparable across runs
 SAMPLE_TEST_PER_CLASS, SAMPLE_VAL_PER_CLASS = 100, 50  # 5k sample -> 3500 / 500 / 1000
 FULL_VAL_FRACTION = 1 / 12  # 60k train -> 55k train + 5k val
 FOLDER_TEST_FRACTION, FOLDER_VAL_FRACTION = 0.15, 0.1  # one folder of images: 15% test, then 10% of the rest val
-UINT8_RANGE = (0.0, 255.0)  # the value range of 8-bit pixels: the default declared range
 
 
 @dataclass(frozen=True)
 class Split:
     images: torch.Tensor  # (N, C, H, W) raw pixels in the bundle's value_range (uint8 0..255 by default), on the device
     labels: torch.Tensor  # (N,) int64, on the device
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", class_indices(self.labels, "Split.labels"))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,37 +62,23 @@ class DataBundle:
         return len(self.class_names)
 
 
-@dataclass(frozen=True, eq=False)
-class NormStats:
-    """Per-channel mean and std of train pixels scaled to [0, 1] by their declared `value_range`
-    (low, high): the net sees ((pixels - low) / (high - low) - mean) / std, which for uint8 is
-    (pixels / 255 - mean) / std.
-
-    mean and std are float32 tensors shaped (C, 1, 1) on the data's device, so they broadcast over a
-    (B, C, H, W) batch: `x * norm.std + norm.mean` undoes the normalisation, back to [0, 1] pixels.
-    """
-    mean: torch.Tensor
-    std: torch.Tensor
-    value_range: tuple[float, float] = UINT8_RANGE
-
-    @classmethod
-    def of(cls, mean, std, device: str | torch.device = "cpu",
-           value_range: tuple[float, float] = UINT8_RANGE) -> "NormStats":
-        def column(values) -> torch.Tensor:
-            return torch.as_tensor(values, dtype=torch.float32, device=device).reshape(-1, 1, 1)
-        return cls(column(mean), column(std), (float(value_range[0]), float(value_range[1])))
-
-    def describe(self) -> str:
-        def listed(t: torch.Tensor) -> str:
-            return ", ".join(f"{v:.4f}" for v in t.flatten().tolist())
-        return f"mean ({listed(self.mean)}), std ({listed(self.std)})"
-
-
 @dataclass(frozen=True)
 class Batch:
     x: torch.Tensor    # (B, C, H, W) float32, normalised: exactly what the model is given
     y: torch.Tensor    # (B,) int64
     idx: torch.Tensor  # (B,) int64, positions of these examples in their split
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "y", class_indices(self.y, "Batch.y"))
+
+
+def class_indices(labels: torch.Tensor, name: str) -> torch.Tensor:
+    """Labels of any integer dtype (uint8 from IDX files, int32 from numpy) as the int64 the losses
+    index with; anything else is not class indices and is left for the checks to judge."""
+    if isinstance(labels, torch.Tensor) and labels.dtype != torch.int64 and not labels.dtype.is_floating_point \
+            and not labels.dtype.is_complex and labels.dtype != torch.bool:
+        return labels.long()
+    return labels
 
 
 BatchFn = Callable[..., Iterator[Batch]]  # (split, *, shuffle, augment, generator) -> batches
@@ -266,68 +255,6 @@ def _take(split: sources.RawSplit, positions: torch.Tensor) -> sources.RawSplit:
 def _to_device(raw: dict[str, sources.RawSplit], classes, source, reason, device) -> DataBundle:
     splits = {name: Split(s.images.to(device), s.labels.to(device)) for name, s in raw.items()}
     return DataBundle(splits["train"], splits["val"], splits["test"], tuple(classes), source, reason)
-
-
-# ---------------------------------------------------------------- normalisation and batches
-
-def unit_pixels(images: torch.Tensor, value_range: tuple[float, float] = UINT8_RANGE,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Raw pixels in their declared range (low, high) -> [0, 1] as a new `dtype` tensor: (p - low) / (high - low).
-
-    For uint8 0..255 this is exactly `images.float() / 255`; the caller's tensor is never changed.
-    """
-    low, high = value_range
-    out = images.to(dtype, copy=True)
-    if low:
-        out.sub_(low)
-    return out.div_(high - low)
-
-
-def pixel_mean_std(images: torch.Tensor, value_range: tuple[float, float] = UINT8_RANGE
-                   ) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, C, H, W) `images` scaled to [0, 1] by their declared range.
-
-    uint8 images are counted exactly, from a histogram of the 256 pixel values per channel (no
-    float copy of the data); float images in plain float64 maths.
-    """
-    if images.dim() != 4:
-        raise DataError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    low, high = value_range
-    means, stds = [], []
-    for c in range(images.shape[1]):
-        channel = images[:, c]
-        if channel.is_floating_point():
-            pixels = unit_pixels(channel, value_range, torch.float64)
-            means.append(pixels.mean().item())
-            stds.append(pixels.std().item())
-            continue
-        counts = torch.bincount(channel.flatten(), minlength=256).double().cpu()
-        values = torch.arange(len(counts), dtype=torch.float64)
-        n = counts.sum().item()
-        mean = (counts * values).sum().item() / n
-        variance = (counts * (values - mean) ** 2).sum().item() / max(n - 1, 1)
-        means.append((mean - low) / (high - low))
-        stds.append(math.sqrt(variance) / (high - low))
-    return means, stds
-
-
-def norm_stats(split: Split, value_range: tuple[float, float] = UINT8_RANGE) -> NormStats:
-    """Per-channel pixel mean and std of one split, which should be train: never val or test."""
-    mean, std = pixel_mean_std(split.images, value_range)
-    std = [s if s > 0 else 1.0 for s in std]  # a constant channel: leave it centred, don't divide by 0
-    return NormStats.of(mean, std, split.images.device, value_range)
-
-
-def normalize(images: torch.Tensor, stats: NormStats) -> torch.Tensor:
-    """Raw (N, C, H, W) pixels in `stats.value_range` -> normalised float (N, C, H, W)."""
-    # The same float32 operations as ((x - low) / (high - low) - mean) / std, done in place on one
-    # new tensor: on a full split ~2x faster than allocating a copy for each.
-    return unit_pixels(images, stats.value_range).sub_(stats.mean).div_(stats.std).contiguous()
-
-
-def standardise(pixels: torch.Tensor, stats: NormStats) -> torch.Tensor:
-    """Float pixels already in [0, 1] (an augmented batch) -> normalised, as a new tensor."""
-    return (pixels - stats.mean).div_(stats.std).contiguous()
 
 
 class TensorBatches:

@@ -70,6 +70,12 @@ class Pipeline:
         for name in ("batches", "make_model", "loss_fn", "make_optimizer", "train_step"):
             if not callable(getattr(self, name)):
                 raise RecipeError(f"Pipeline.{name} must be callable, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.norm, NormStats):
+            raise RecipeError(f"Pipeline.norm must be a recipe.data.NormStats (NormStats(mean=..., std=...)), got "
+                              f"{type(self.norm).__name__}")
+        images = self.data.train.images
+        if images.dim() == 4:  # the one form every reader of `norm` expects: (C, 1, 1) on the data's device
+            object.__setattr__(self, "norm", self.norm.for_images(images.shape[1], images.device))
         if self.make_scheduler is not None and not callable(self.make_scheduler):
             raise RecipeError("Pipeline.make_scheduler must be None or a callable make_scheduler(optimizer)")
         if self.scheduler_interval not in SCHEDULER_INTERVALS:
