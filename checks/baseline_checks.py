@@ -37,7 +37,7 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
         "categories": ["accuracy", "cross-entropy"],
         "series": {"real inputs": [real_acc, real_loss], "zero inputs": [zero_acc, zero_loss]}})
     details = {"real_accuracy": real_acc, "zero_accuracy": zero_acc, "real_loss": real_loss, "zero_loss": zero_loss,
-               "majority_accuracy": majority, "steps": steps, "budget": reference.budget_note}
+               "majority_accuracy": majority, "steps": steps, **reference.budget_details}
     if zero_acc > majority + max_zero_gain:
         return CheckResult("input_independent_baseline", STAGE, Verdict.FAIL, zero_acc, majority + max_zero_gain, "<=",
                            f"with all-zero inputs the model still reaches {zero_acc:.4f} val accuracy (majority class: "
@@ -207,7 +207,7 @@ def training_loss_decreases(pipeline: Pipeline, window: int = 20, min_drop: floa
     figure = Figure("lines", f"training loss, first {steps} steps", {"series": {"loss": losses}, "xlabel": "step",
                                                                      "ylabel": "loss"})
     details = {"first_window": first, "last_window": last, "drop": drop, "peak": peak, "warn_threshold": min_drop,
-               "budget": run.budget_note}
+               **run.budget_details}
     if last < 0:
         why = "the loss went negative: it has the wrong sign"
     elif jumped:
@@ -263,7 +263,7 @@ def prediction_dynamics(pipeline: Pipeline, min_gain: float = 0.1, min_progress:
     gain = final - start if math.isfinite(final) else -math.inf
     went = (f"on {len(y)} fixed val examples the mean probability of the true class went {start:.3f} -> {final:.3f} "
             f"(mean of the last {late} snapshots) in {run.steps} steps")
-    details = {"start": start, "final": final, "warn_threshold": min_gain, "budget": run.budget_note}
+    details = {"start": start, "final": final, "warn_threshold": min_gain, **run.budget_details}
     if gain >= min_gain:
         verdict, message = Verdict.PASS, (f"{went}. Read the figure: rows should warm up steadily; flickering means "
                                           "the learning rate is too high.")

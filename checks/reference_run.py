@@ -5,15 +5,14 @@ model with the same seed, batches, optimizer, scheduler and step: they would tra
 run three times. `reference_run` trains it once per pipeline and keeps it while that pipeline is
 being checked (the last pipeline only: a check run never holds more than one).
 
-The run is budgeted: after a few steps it measures the cost of a step and trains at most
-`config.check_budget` seconds (never fewer than MIN_STEPS steps), so a CNN that costs real time per
-step still gets a preflight of seconds, while the tiny default models get their full length.
+The run is budgeted in steps, never by the clock (checks/step_budget.py): the tiny default models
+train the full REFERENCE_STEPS, a model that costs more FLOPs per example fewer (never fewer than
+MIN_CHECK_STEPS), so a CNN still gets a preflight of seconds and the same fingerprint the same results.
 """
 from __future__ import annotations
 
 import copy
 import functools
-import time
 import weakref
 from dataclasses import dataclass, field
 
@@ -21,13 +20,12 @@ import torch
 from torch import nn
 
 from checks.sampling import PlannedSchedule, behaves_differently_in_eval, first_batches, fresh_model, generator
+from checks.step_budget import StepPlan, plan_steps
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects
 
-REFERENCE_STEPS = 300  # what the cheap models get; a budget can only shorten it
-MIN_STEPS = 60         # the loss windows (20 steps each) still need room to compare
-TIMED_STEPS = 5        # steps measured before the budget sizes the run
+REFERENCE_STEPS = 300  # what the cheap models get; the FLOP budget can only shorten it (--check-steps sets it)
 SNAPSHOTS = 10         # prediction snapshots on fixed val examples across the run
 N_WATCHED = 16         # fixed val examples whose predictions are recorded
 
@@ -36,9 +34,7 @@ N_WATCHED = 16         # fixed val examples whose predictions are recorded
 class TrainingRun:
     model: nn.Module
     losses: list[float]
-    seconds_per_step: float
-    budget_s: float
-    planned_steps: int               # before the budget: what the check asked for
+    plan: StepPlan                   # how many steps, and the model's FLOPs that decided it
     taken: list[int] = field(default_factory=list)        # steps at which predictions were recorded
     true_class_probability: list[torch.Tensor] = field(default_factory=list)  # (N_WATCHED,) per snapshot
     watched_labels: torch.Tensor | None = None
@@ -50,10 +46,12 @@ class TrainingRun:
 
     @property
     def budget_note(self) -> str:
-        if self.steps >= self.planned_steps:
-            return f"{self.steps} steps"
-        return (f"{self.steps} of {self.planned_steps} steps: a step costs {self.seconds_per_step * 1e3:.0f} ms and "
-                f"the budget is {self.budget_s:g} s (--check-budget)")
+        return self.plan.note
+
+    @property
+    def budget_details(self) -> dict:
+        """The plan for a check's details: the note and the rule's inputs (FLOPs per example, steps asked)."""
+        return self.plan.details()
 
 
 class ModeWatch:
@@ -111,16 +109,17 @@ class ModeWatch:
 
 def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False,
                       watch: bool = False) -> TrainingRun:
-    """Train a fresh model like `short_training`, for `steps` steps or the time budget, whichever is less."""
+    """Train a fresh model like `short_training`, for `steps` steps or fewer when the model costs more
+    FLOPs than a check may spend (`plan_steps`): the same number on any machine, under any load."""
+    plan = plan_steps(pipeline, steps)
     model = fresh_model(pipeline)
     optimizer, scheduler = training_objects(pipeline, model)
     schedule = PlannedSchedule(pipeline, optimizer, scheduler)
-    budget = pipeline.config.check_budget
-    run = TrainingRun(model, [], 0.0, budget, steps)
+    run = TrainingRun(model, [], plan)
     if watch:
         batch = first_batches(pipeline, "val", 1, shuffle=False)[0]
         watched_x, run.watched_labels = batch.x[:N_WATCHED], batch.y[:N_WATCHED]
-    limit, epoch, started = steps, 0, time.perf_counter()
+    limit, epoch = plan.steps, 0
 
     def snapshot() -> None:
         modes = [(module, module.training) for module in model.modules()]
@@ -148,9 +147,6 @@ def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = Fal
                 if run.modes:
                     run.modes.after_step(len(run.losses))
                 schedule.after_step(len(run.losses))
-                if len(run.losses) == TIMED_STEPS:
-                    run.seconds_per_step = (time.perf_counter() - started) / TIMED_STEPS
-                    limit = min(steps, max(MIN_STEPS, int(budget / max(run.seconds_per_step, 1e-9))))
                 if watch and len(run.losses) % max(limit // SNAPSHOTS, 1) == 0:
                     snapshot()
                 if len(run.losses) >= limit:
@@ -161,8 +157,6 @@ def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = Fal
             run.modes.close()  # the hooks go: later checks read the model as the step left it
     if watch and run.taken[-1] != len(run.losses):
         snapshot()
-    if not run.seconds_per_step:
-        run.seconds_per_step = (time.perf_counter() - started) / max(len(run.losses), 1)
     return run
 
 
@@ -173,7 +167,7 @@ def reference_run(pipeline: Pipeline) -> TrainingRun:
     """The shared run on real inputs for `pipeline`, trained on first use."""
     if _LAST and _LAST[0][0]() is pipeline:
         return _LAST[0][1]
-    run = budgeted_training(pipeline, REFERENCE_STEPS, watch=True)
+    run = budgeted_training(pipeline, pipeline.config.check_steps or REFERENCE_STEPS, watch=True)
     _LAST[:] = [(weakref.ref(pipeline), run)]
     return run
 

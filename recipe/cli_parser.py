@@ -42,7 +42,9 @@ def suggest_flags(extras: list[str], command: str, commands: dict[str, argparse.
     for token in (t.split("=", 1)[0] for t in extras if t.startswith("-")):
         others = [name for name, parser in commands.items() if name != command and token in flags(parser)]
         close = get_close_matches(token, mine, n=1)
-        if others:
+        if token in RETIRED_FLAGS:
+            hints.append(RETIRED_FLAGS[token])
+        elif others:
             hints.append(f"{token} is an option of `recipe {' / '.join(others)}`, not of `recipe {command}`")
         elif close:
             hints.append(f"did you mean {close[0]}?")
@@ -70,6 +72,11 @@ def version() -> str:
 
 
 DISTRIBUTION = "recipe-harness"
+RETIRED_FLAGS = {  # options that are gone, and what replaced them (recipe.config.RETIRED says why, for config files)
+    "--check-budget": "--check-budget (seconds) is gone: the checks train a number of steps chosen from the model's "
+                      "forward FLOPs, never from the clock, so the same fingerprint gives the same results on any "
+                      "machine; use --check-steps N to set the length yourself",
+}
 SUMMARIES = {  # one line each: the command list of `recipe --help`, and the first line of `recipe X --help`
     "check": "run the preflight checks and write their report",
     "train": "train, gated on a complete passing preflight of the same code, data, config and device",

@@ -1,12 +1,16 @@
 """All training settings in one frozen dataclass."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from recipe.errors import RecipeError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
+MIN_CHECK_STEPS = 60  # the shortest check run: its loss windows (20 steps each) still need room to compare
+RETIRED = {"check_budget": "check_budget (seconds) is gone: the checks now train a number of steps chosen from "
+                           "the model's forward FLOPs, so the same fingerprint gives the same results on any "
+                           "machine; set check_steps (--check-steps N) to choose the length yourself"}
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,11 @@ class TrainConfig:
     schedule: str = "cosine"   # lr decays to 0 by the last step: removes SGD's end-of-run noise (+~0.5% test acc)
     seed: int = 0
     augment: str = "none"      # off by default: the recipe says simplify first
-    check_budget: float = 8.0  # seconds each training-based check may train (a CNN gets fewer steps, never < 60)
+    # Steps each training-based check trains; 0: chosen from the model's forward FLOPs (checks/step_budget.py),
+    # never from the clock, so that the same fingerprint gives the same results on any machine.
+    check_steps: int = field(default=0, metadata={"help": "steps each training-based check trains; 0 chooses "
+                             f"them from the model's forward FLOPs (300 for small models, fewer for costly ones, at "
+                             f"least {MIN_CHECK_STEPS})"})
 
     def __post_init__(self) -> None:
         from recipe.augment import AUGMENTATIONS
@@ -35,8 +43,9 @@ class TrainConfig:
             raise RecipeError(f"unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise RecipeError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if not self.check_budget > 0:
-            raise RecipeError(f"--check-budget must be positive seconds, got {self.check_budget}")
+        if self.check_steps and self.check_steps < MIN_CHECK_STEPS:
+            raise RecipeError(f"--check-steps must be 0 (chosen from the model's FLOPs) or at least {MIN_CHECK_STEPS} "
+                              f"(the loss windows need room), got {self.check_steps}")
         if self.augment not in AUGMENTATIONS:
             raise RecipeError(f"unknown --augment {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
 
@@ -48,5 +57,6 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise RecipeError(f"unknown config keys: {', '.join(sorted(unknown))}")
+            retired = "".join(f"; {RETIRED[key]}" for key in sorted(unknown & set(RETIRED)))
+            raise RecipeError(f"unknown config keys: {', '.join(sorted(unknown))}{retired}")
         return cls(**values)

@@ -37,7 +37,8 @@ def training_options() -> list[Option]:
     options = []
     for field in fields(TrainConfig):
         default = getattr(defaults, field.name)
-        spec = {"type": type(default), "default": default, "help": f"default: {default}"}
+        spec = {"type": type(default), "default": default,
+                "help": "; ".join(filter(None, [field.metadata.get("help"), f"default: {default}"]))}
         if field.name in choices:
             spec["choices"] = choices[field.name]
         options.append((f"--{field.name.replace('_', '-')}", spec))

@@ -225,7 +225,7 @@ def data_batches(data):
 
 def test_batchnorm_cnn_left_in_eval_fails_and_names_the_step(sample_data):
     shape = tuple(sample_data.train.images.shape[1:])
-    pipeline = replace(mlp_pipeline(TrainConfig(check_budget=2.0), sample_data), train_step=EvalLoggingStep(every=15),
+    pipeline = replace(mlp_pipeline(TrainConfig(check_steps=60), sample_data), train_step=EvalLoggingStep(every=15),
                        make_model=lambda: BatchNormCNN(sample_data.num_classes, shape))
     result = train_mode_kept(pipeline)
     assert result.verdict.value == "FAIL" and "BatchNorm2d" in result.message, result.message
