@@ -71,6 +71,8 @@ MISTAKES = {
     "mistyped choice": (["train", "--optimizer", "adm"], "argument --optimizer: invalid choice: 'adm'; did you mean 'adam'?"),
     "mistyped data source": (["run", "--data", "fashion"], "did you mean 'fashion-mnist'?"),
     "no close match": (["check", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs' (choose from sgd, adam)"),
+    "retired flag": (["check", "--check-budget", "8"], "--check-budget (seconds) is gone: the checks train a number "
+                     "of steps chosen from the model's forward FLOPs"),
 }
 
 
