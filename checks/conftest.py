@@ -99,9 +99,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     selected = [item.callspec.params["name"] for item in session.items
                 if hasattr(item, "callspec") and "name" in item.callspec.params]
     state.only = None if set(selected) >= set(CHECKS) else selected
+    from recipe.errors import RecipeError
+
     build_session_pipeline(session.config)
-    state.stream = iter_results(state.pipeline, gate=not session.config.getoption("--no-gate"), only=state.only,
-                                fork=True)  # the data stage beside the others, where a fork is safe
+    try:
+        state.stream = iter_results(state.pipeline, gate=not session.config.getoption("--no-gate"), only=state.only,
+                                    fork=True)  # the data stage beside the others, where a fork is safe
+    except RecipeError as err:  # the pipeline breaks its contract: one usage line, no check runs
+        raise pytest.UsageError(str(err)) from None
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@
 `iter_results` (or `run_all`, which collects it). With `gate`, a stage with a FAIL or ERROR turns
 every later check into SKIP ("blocked by <stage>"). Asking for a subset (`only`, as `pytest -k`
 does) runs just those, in registry order; such a run is partial and can never open the training
-gate (see `is_complete`).
+gate (see `is_complete`). A pipeline that breaks the Pipeline contract (recipe/contract.py) is
+refused with one RecipeError line before any check runs.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Callable, Collection, Iterator
 
 from checks.registry import CHECKS, CHECKS_BY_STAGE
 from checks.result import STAGES, CheckResult, Verdict
+from recipe.contract import check_contract
 
 OnEvent = Callable[[str, str], None]  # (check name, stage), called as a check starts
 
@@ -49,6 +51,15 @@ def iter_results(pipeline, *, gate: bool = True, only: Collection[str] | None = 
         unknown = sorted(set(only) - {c.__name__ for checks in checks_by_stage.values() for c in checks})
         if unknown:
             raise KeyError(f"no such checks: {', '.join(unknown)}")
+    # Not a generator itself, so a pipeline that breaks the contract is refused here, at the call, in
+    # one RecipeError line, before any check runs (a check would only crash on it).
+    check_contract(pipeline)
+    return _iter_stages(pipeline, gate, only, checks_by_stage, on_start, fork, on_done)
+
+
+def _iter_stages(pipeline, gate: bool, only: Collection[str] | None, checks_by_stage: dict,
+                 on_start: OnEvent | None, fork: bool, on_done: Callable[[CheckResult], None] | None
+                 ) -> Iterator[CheckResult]:
     if fork:
         from checks.forked_stage import FIRST, fork_helps, iter_forked
 

@@ -70,7 +70,7 @@ def take_step(pipeline: Pipeline, model: nn.Module, optimizer: torch.optim.Optim
     if loss.numel() != 1:
         raise StepContractError(f"the train step {_name(pipeline.train_step)} returned a tensor of shape "
                                 f"{list(loss.shape)}; it must return the batch's scalar loss (reduce with mean)")
-    return loss
+    return loss.detach()  # a step may hand back the loss with its graph: no caller needs it, and it holds memory
 
 
 def _name(fn) -> str:

@@ -155,14 +155,15 @@ def test_replacing_the_config_after_the_factories_were_built_is_rejected(sample_
     assert reseeded.config.seed == 4  # the seed is read when a run starts, never baked into a factory
 
 
-def test_a_step_returning_a_float_fails_the_dry_run_and_training_is_refused(workdir, capsys):
+def test_a_step_returning_a_float_is_refused_before_any_check_and_training_never_starts(workdir, capsys):
+    """fit cannot train with it (its first step refuses a Python number), so neither do the checks: one line."""
     (workdir / "floaty.py").write_text(STEP_RETURNS_FLOAT)
-    assert recipe("train", "--pipeline", "floaty.py:build") == 1
+    assert recipe("train", "--pipeline", "floaty.py:build") == 2
     err = capsys.readouterr().err
-    assert "fit_dry_run FAIL" in err and "loss.item()" in err
-    assert "training will not start" in err
-    record = latest(workdir)
-    assert record["training"] is None and not list((workdir / "reports").glob("*/checkpoint.pt"))
+    refusal = [line for line in err.splitlines() if line.startswith("recipe: error:")]
+    assert len(refusal) == 1 and "returned a float" in refusal[0] and "loss.item()" in refusal[0], err
+    assert "PASS" not in err and "FAIL" not in err  # no check ran
+    assert not list(workdir.glob("reports/*/checkpoint.pt"))
 
 
 # ---------------------------------------------------------------- the gate

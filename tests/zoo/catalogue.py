@@ -44,6 +44,7 @@ from tests.zoo.family_bugs import (DropoutAlwaysOnLinear, MisspelledActivationML
     shifted_test_copies_in_train, val_batch_in_step_no_reset, val_brightened_into_test, val_images_downscaled)
 from recipe.config import TrainConfig
 from recipe.data import DataBundle, load_data
+from recipe.errors import RecipeError
 from recipe.pipeline import Pipeline, default_pipeline, mlp_pipeline
 from tests.synthetic import write_colour_digits
 from tests.zoo.valid import small_cnn
@@ -302,8 +303,9 @@ ZOO: tuple[Bug, ...] = (
 # ---------------------------------------------------------------- the detection matrix
 
 CODES = {"PASS": "P", "WARN": "W", "FAIL": "F", "ERROR": "E", "SKIP": "S", "N/A": "-"}
-LEGEND = ("P pass, W warn, F fail, E error (the check crashed), S skip, - n/a (does not apply); "
-          "* the zoo expects this check to FAIL")
+REFUSED = "R"  # the runner refused the pipeline before any check ran: it breaks the Pipeline contract
+LEGEND = ("P pass, W warn, F fail, E error (the check crashed), S skip, - n/a (does not apply), R refused "
+          "before any check (the pipeline breaks its contract); * the zoo expects this check to FAIL")
 CLEAN = "clean"
 
 
@@ -312,15 +314,21 @@ class ZooRow:
     name: str
     bug: Bug | None                  # None for a clean pipeline
     results: dict[str, CheckResult]  # check name -> result
+    refused: str | None = None       # the runner's one-line refusal, when no check ran
 
     @property
     def failed(self) -> list[str]:
         return [name for name, r in self.results.items() if r.verdict is Verdict.FAIL]
 
     @property
+    def caught(self) -> bool:
+        return bool(self.failed or self.refused)
+
+    @property
     def missed(self) -> list[str]:
-        """Checks the bug declares it must FAIL that did not."""
-        expected = self.bug.must_fail if self.bug else ()
+        """Checks the bug declares it must FAIL that did not (none when the pipeline was refused outright:
+        what those checks would find, the refusal says first)."""
+        expected = self.bug.must_fail if self.bug and not self.refused else ()
         return [name for name in expected if name not in self.results or self.results[name].verdict is not Verdict.FAIL]
 
 
@@ -341,25 +349,33 @@ def run_zoo(data: DataBundle, seed: int = 0, bugs: tuple[Bug, ...] = ZOO,
     rows = []
     for name, bug, pipeline in shown + planted:
         torch.manual_seed(seed)
-        results = run_all(pipeline, gate=False)
+        try:
+            results = run_all(pipeline, gate=False)
+        except RecipeError as refusal:
+            rows.append(ZooRow(name, bug, {}, refused=str(refusal)))
+            continue
         rows.append(ZooRow(name, bug, {r.name: r for r in results}))
     return rows
 
 
 def detection_rate(rows: list[ZooRow]) -> tuple[int, int]:
-    """(bugs with at least one FAIL, bugs)."""
+    """(bugs with at least one FAIL or refused outright, bugs)."""
     bug_rows = [row for row in rows if row.bug is not None]
-    return sum(bool(row.failed) for row in bug_rows), len(bug_rows)
+    return sum(row.caught for row in bug_rows), len(bug_rows)
 
 
 def _cell(row: ZooRow, check: str) -> str:
+    if row.refused:
+        return REFUSED
     expected = row.bug is not None and check in row.bug.must_fail
     return CODES[row.results[check].verdict.value] + ("*" if expected else "")
 
 
 def _summary(row: ZooRow) -> str:
     if row.bug is None:
-        return "no FAIL" if not row.failed else "FALSE ALARM"
+        return "no FAIL" if not row.caught else "FALSE ALARM"
+    if row.refused:
+        return "refused"
     if row.missed:
         return "MISSED " + ",".join(row.missed)
     return "caught" if row.failed else "not caught (known)"
@@ -387,9 +403,12 @@ def render_markdown(rows: list[ZooRow]) -> str:
 
 def _findings(rows: list[ZooRow]) -> list[str]:
     caught, total = detection_rate(rows)
-    lines = [f"detection rate: {caught}/{total} bugs have at least one FAIL ({caught / total:.0%})"]
+    lines = [f"detection rate: {caught}/{total} bugs have at least one FAIL or are refused ({caught / total:.0%})"]
     for row in rows:
-        if row.bug is None and row.failed:
+        if row.refused:
+            lines.append(f"- {'FALSE ALARM: ' if row.bug is None else ''}{row.name} refused before any check: "
+                         f"{row.refused}")
+        elif row.bug is None and row.failed:
             lines += [f"- FALSE ALARM on {row.name}: {name}: {row.results[name].message}" for name in row.failed]
         elif row.bug is not None and not row.failed:
             lines.append(f"- not caught: {row.name}: {row.bug.description} Why: {row.bug.why}")
