@@ -1,4 +1,5 @@
-"""Bring your own data: a DataBundle from map-style `torch.utils.data` Datasets yielding (image, label).
+"""Bring your own data: a DataBundle from map-style `torch.utils.data` Datasets yielding (image, label)
+pairs, or dicts with one image and one label key ({"image": ..., "label": ...}, as Hugging Face gives).
 
     train = torchvision.datasets.CIFAR10("data", train=True, transform=transforms.ToTensor())
     test = torchvision.datasets.CIFAR10("data", train=False, transform=transforms.ToTensor())
@@ -16,6 +17,7 @@ source) keeps every split as float32 with the declared value range (0, 1), so no
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +28,8 @@ from recipe.errors import DataError
 
 VAL_FRACTION = 0.1  # of train, per class, when no val set is given
 UNIT_RANGE = (0.0, 1.0)  # the declared range of float images, as ToTensor gives them
+IMAGE_KEYS = ("image", "img", "pixel_values", "x", "input")  # what a dict item may call its image
+LABEL_KEYS = ("label", "labels", "target", "y")  # and its class index
 LEVEL_TOLERANCE = 1e-6  # float32 k / 255 is within ~3e-8 of k / 255: anything further is not an 8-bit level
 
 
@@ -95,9 +99,14 @@ def _as_unit_float(images: torch.Tensor) -> torch.Tensor:
 
 def _item(dataset, i: int, split: str) -> tuple[torch.Tensor, int]:
     item = dataset[i]
-    if not isinstance(item, (tuple, list)) or len(item) < 2:
-        raise DataError(f"{split} item {i} is a {type(item).__name__}; the dataset must give (image, label) pairs")
-    image, label = item[0], item[1]
+    if isinstance(item, Mapping):
+        image, label = _named(item, IMAGE_KEYS, "image", split, i), _named(item, LABEL_KEYS, "label", split, i)
+    elif isinstance(item, (tuple, list)) and len(item) >= 2:
+        image, label = item[0], item[1]
+    else:
+        raise DataError(f"{split} item {i} is a {type(item).__name__}; the dataset must give (image, label) pairs "
+                        f"or dicts with one image key ({', '.join(IMAGE_KEYS)}) and one label key "
+                        f"({', '.join(LABEL_KEYS)})")
     if not isinstance(image, torch.Tensor):
         image = _to_tensor(image, split, i)
     if image.dim() == 2:
@@ -112,6 +121,16 @@ def _item(dataset, i: int, split: str) -> tuple[torch.Tensor, int]:
         raise DataError(f"{split} item {i} has values {low:.3g}..{high:.3g}, outside [0, 1]: drop Normalize from the "
                         "dataset's transform (the harness normalises per channel with train's stats)")
     return image.float(), int(label)
+
+
+def _named(item: Mapping, keys: tuple[str, ...], what: str, split: str, i: int):
+    """The one entry of a dict item under a known `what` key (Hugging Face datasets give {"image", "label"})."""
+    found = [key for key in keys if key in item]
+    if len(found) != 1:
+        why = "none" if not found else f"several ({', '.join(found)})"
+        raise DataError(f"{split} item {i} is a dict with keys {sorted(map(str, item))[:8]}: it has {why} of the "
+                        f"{what} keys {', '.join(keys)}; give exactly one, or wrap the dataset to return (image, label)")
+    return item[found[0]]
 
 
 def _to_tensor(image, split: str, i: int) -> torch.Tensor:
