@@ -34,12 +34,13 @@ class Pipeline:
     """What a classifier's training code is made of, as `fit` runs it and the checks see it.
 
     - `data`: raw splits and class names, the source every example is traced back to.
-    - `norm`: the normalisation stats the batches use (x = (pixels/255 - mean) / std for uint8; pixels
+    - `norm`: the normalisation stats the batches use (floats, lists or tensors: held as (C, 1, 1) on the device) (x = (pixels/255 - mean) / std for uint8; pixels
       are first scaled to [0, 1] by `data.value_range`, the declared range of the raw pixels).
     - `batches(split, *, shuffle, augment, generator)`: yields Batch(x, y, idx), x exactly as the
       model receives it and idx the examples' positions in `data.<split>`.
     - `augment`: the optional augmentation on float [0, 1] batches, or None.
-    - `make_model()`: a fresh, untrained nn.Module on `device` mapping x to (B, C) logits.
+    - `make_model()`: a fresh, untrained nn.Module on `device` mapping x to (B, C) logits, returned alone,
+      first in a tuple, under a dict's "logits" key or as `.logits` (recipe/outputs.py reads all four).
     - `loss_fn(logits, y)`, `make_optimizer(params)`, `train_step(model, opt, loss_fn, x, y) -> loss tensor`.
     - `make_scheduler(optimizer)`: an optional LR scheduler; `scheduler_interval` says whether
       `fit` steps it after every batch ("step") or after every epoch ("epoch").
