@@ -34,8 +34,9 @@ class Pipeline:
     """What a classifier's training code is made of, as `fit` runs it and the checks see it.
 
     - `data`: raw splits and class names, the source every example is traced back to.
-    - `norm`: the normalisation stats the batches use (floats, lists or tensors: held as (C, 1, 1) on the device) (x = (pixels/255 - mean) / std for uint8; pixels
-      are first scaled to [0, 1] by `data.value_range`, the declared range of the raw pixels).
+    - `norm`: the normalisation stats the batches use (x = (pixels/255 - mean) / std for uint8; pixels
+      are first scaled to [0, 1] by `data.value_range`, the declared range of the raw pixels). Given
+      as floats, lists, arrays or tensors, it is held as (C, 1, 1) on the data's device.
     - `batches(split, *, shuffle, augment, generator)`: yields Batch(x, y, idx), x exactly as the
       model receives it and idx the examples' positions in `data.<split>`.
     - `augment`: the optional augmentation on float [0, 1] batches, or None.
