@@ -110,16 +110,31 @@ def test_the_retired_seconds_budget_is_a_clear_error():
         TrainConfig.from_dict({"check_budget": 8.0})
 
 
-def test_a_model_the_counter_cannot_run_trains_what_the_check_asked(sample_data):
-    class Unrunnable(nn.Linear):
-        def forward(self, x):
-            if not torch.is_grad_enabled():  # only the count runs without gradients
-                raise RuntimeError("needs gradients")
-            return super().forward(x.flatten(1))
+def test_when_the_flops_cannot_be_counted_the_check_trains_what_it_asked(sample_data, monkeypatch):
+    class Refusing:
+        def __init__(self, display):
+            pass
 
-    plan = fresh_plan(replace(default_pipeline(TrainConfig(), sample_data), make_model=lambda: Unrunnable(784, 10)))
+        def __enter__(self):
+            raise RuntimeError("an op the counter cannot dispatch")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(step_budget, "FlopCounterMode", Refusing)
+    plan = fresh_plan(pytorch_examples_cnn(TrainConfig(), sample_data))
     assert plan.steps == REFERENCE_STEPS and plan.chosen_by == "flops unknown"
-    assert "needs gradients" in plan.note
+    assert "an op the counter cannot dispatch" in plan.note
+
+
+def test_a_transformer_is_counted_as_it_trains(sample_data):
+    """In eval mode without gradients nn.TransformerEncoderLayer runs one fused op the counter misses."""
+    layer = nn.TransformerEncoderLayer(d_model=28, nhead=4, dim_feedforward=64, batch_first=True)
+    model = nn.Sequential(nn.Flatten(1, 2), nn.TransformerEncoder(layer, num_layers=2), nn.Flatten(), nn.Linear(784, 10))
+    pipeline = replace(default_pipeline(TrainConfig(), sample_data), make_model=lambda: model)
+    rows = 28  # tokens of width 28: the image's rows
+    per_layer = 2 * rows * (4 * 28 * 28 + 2 * 28 * 64) + 2 * 2 * rows * rows * 28  # projections, MLP, attention
+    assert fresh_plan(pipeline).forward_flops_per_example >= 2 * per_layer
 
 
 # ---------------------------------------------------------------- the measured bug, end to end
