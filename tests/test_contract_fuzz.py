@@ -24,7 +24,7 @@ from checks import run_all
 from checks.registry import CHECKS
 from checks.result import Verdict
 from recipe.config import TrainConfig
-from recipe.data import Batch, DataBundle, NormStats, TensorBatches, norm_stats
+from recipe.data import DataBundle, NormStats, TensorBatches, norm_stats
 from recipe.datasets import bundle_from_datasets
 from recipe.errors import DataError, RecipeError
 from recipe.outputs import forward_logits
