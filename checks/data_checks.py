@@ -7,7 +7,7 @@ import torch
 
 from checks.result import CheckResult, Figure, Verdict, measured, not_applicable
 from checks.sampling import stacked
-from recipe.data import Split, pixel_mean_std, unit_pixels
+from recipe.data import pixel_mean_std, unit_pixels
 from recipe.pipeline import Pipeline
 
 STAGE = "data"
@@ -277,50 +277,3 @@ def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_exampl
     return measured("target_leak", STAGE, value, max_single_feature_r2, "<=", ok, fail,
                     details={"feature": best, "eta_squared": value})
 
-
-def label_signal(pipeline: Pipeline, min_explained: float = 0.02, per_class: int = 8,
-                 max_examples: int = 10_000) -> CheckResult:
-    """The labels must explain part of the pixel variance: the class-mean images differ.
-
-    Shows samples per class, the mean image per class and the raw pixel histogram, which answer the
-    lab's "which features help you recognise a digit?". FAILs when the class means are all alike,
-    as they are when the labels were permuted while building the data set (no loader check can see
-    that: the source itself is wrong).
-    """
-    full = pipeline.data.train
-    train = Split(full.images[:max_examples], full.labels[:max_examples])  # enough for class means
-    names = pipeline.data.class_names
-    pixels = train.images.reshape(len(train), -1).float()
-    grid, captions, means, counts = [], [], [], []
-    for c in range(len(names)):
-        members = torch.nonzero(train.labels == c).flatten()
-        if len(members) == 0:
-            continue
-        grid.extend(unit_pixels(train.images[members[:per_class]], pipeline.data.value_range).cpu())  # [0, 1]
-        captions.extend([names[c]] * min(per_class, len(members)))
-        means.append(pixels[members].mean(0))
-        counts.append(len(members))
-    class_means = torch.stack(means)
-    weights = torch.tensor(counts, dtype=torch.float32, device=class_means.device)[:, None] / len(train)
-    between = (weights * (class_means - pixels.mean(0)) ** 2).sum(0).sum().item()
-    total = pixels.var(0, unbiased=False).sum().item()
-    explained = between / total if total > 0 else 0.0
-    shape = tuple(train.images.shape[1:])
-    low, high = pipeline.data.value_range
-    figures = [
-        Figure("images", f"{per_class} training examples per class", {"images": torch.stack(grid).numpy(),
-                                                                      "captions": captions, "ncols": per_class}),
-        Figure("images", "mean image per class", {"images": ((class_means - low) / (high - low)).reshape(-1, *shape)
-                                                  .float().cpu().numpy(),
-                                                  "captions": [names[c] for c in range(len(names))
-                                                               if (train.labels == c).any()]}),
-        Figure("histogram", "raw pixel values (2,000 train images)", {
-            "values": train.images[:2000].flatten().float().cpu().numpy(), "bins": 64, "xlabel": "pixel value"}),
-    ]
-    ok = (f"the class labels explain {explained:.1%} of the pixel variance (need {min_explained:.0%}): the mean images "
-          "differ by class. Look at them: they show which strokes tell the classes apart.")
-    fail = (f"the class labels explain only {explained:.2%} of the pixel variance (need {min_explained:.0%}): every class "
-            "has the same mean image, so the labels carry no information about the images. The labels were "
-            "shuffled or permuted when the data set was built, or images and labels come from different files.")
-    return measured("label_signal", STAGE, explained, min_explained, ">=", ok, fail, figures=figures,
-                    details={"train_examples": len(full), "examples_used": len(train), "image_shape": list(shape)})

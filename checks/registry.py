@@ -19,7 +19,7 @@ from checks import step_checks as step
 CHECKS_BY_STAGE = {
     "data": [data.integrity, data.split_sizes, data.class_balance, splits.duplicates_and_leakage,
              splits.conflicting_labels,
-             data.normalisation_stats_source, data.input_normalisation, data.target_leak, data.label_signal, labels.label_agreement,
+             data.normalisation_stats_source, data.input_normalisation, data.target_leak, labels.label_signal, labels.label_agreement,
              labels.label_noise, shift.split_shift],
     "skeleton": [loop.fit_dry_run, schedule.lr_schedule, skeleton.determinism, loader.what_goes_into_the_net, loader.label_pairing,
                  loader.batch_sampling, augmentation.augmentation_consistency, skeleton.output_sanity,

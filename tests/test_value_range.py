@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from checks import run_all
-from checks.data_checks import integrity, label_signal
+from checks.data_checks import integrity
+from checks.label_checks import label_signal
 from checks.loader_checks import what_goes_into_the_net
 from checks.result import Figure, Verdict
 from recipe.config import TrainConfig
