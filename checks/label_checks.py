@@ -180,7 +180,7 @@ def wilson_bounds(share: float, n: int, z: float) -> tuple[float, float]:
 
 
 def label_noise(pipeline: Pipeline, max_noise: float = 0.08, z: float = 3.0, confident_share: float = 0.2,
-                min_confident: int = 30, min_kappa: float = 0.5, inject: float = 0.2) -> CheckResult:
+                min_confident: int = 30, min_kappa: float = 0.6, inject: float = 0.2) -> CheckResult:
     """The probe's most confident held-out train predictions must (nearly) all agree with their labels.
 
     Labels flipped at random disagree with a right prediction whatever the image, so the disagreeing
