@@ -22,7 +22,7 @@ def check_available() -> bool:
     """Whether `recipe` has a `check` subcommand yet."""
     import argparse
 
-    from recipe.cli import build_parser
+    from checks.cli.main import build_parser
 
     return any(isinstance(action, argparse._SubParsersAction) and "check" in action.choices
                for action in build_parser()._actions)
@@ -34,7 +34,7 @@ def _results_json(report_dir: Path) -> Path | None:
 
 
 def run_once(device: str) -> tuple[float, int, list[dict]]:
-    from recipe.cli import main
+    from checks.cli.main import main
 
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["check", "--data", "fashion-mnist", "--quiet", "--report-dir", tmp]

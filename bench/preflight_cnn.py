@@ -4,7 +4,7 @@
 
 timed as a child process (imports, data, checks, figures and report included), with each check's
 share read from the run's results.json, and the length of its reference run: steps chosen from the
-model's forward FLOPs (checks/step_budget.py), the same on every machine, so that only the seconds
+model's forward FLOPs (checks/measure/step_budget.py), the same on every machine, so that only the seconds
 move between machines. Target: 30 s on 2 cores.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ PIPELINE = "tests/pipelines/pytorch_examples_mnist.py:build"
 
 def run_once() -> tuple[float, list[dict]]:
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "recipe.cli", "check", "--data", "sample", "--no-download", "--quiet",
+        command = [sys.executable, "-m", "checks.cli", "check", "--data", "sample", "--no-download", "--quiet",
                    "--pipeline", PIPELINE, "--report-dir", tmp]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)

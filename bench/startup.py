@@ -55,7 +55,7 @@ CPU_S: list[float] = []  # CPU seconds of each child, in the order they ran
 
 def check_once(data: str, cwd: Path, warm_dir: str | None = None) -> tuple[float, int, dict]:
     with tempfile.TemporaryDirectory() as reports:
-        seconds, code = _wall([sys.executable, "-m", "recipe.cli", "check", "--data", data, "--no-download",
+        seconds, code = _wall([sys.executable, "-m", "checks.cli", "check", "--data", data, "--no-download",
                                "--quiet", "--report-dir", reports], cwd, warm_dir)
         found = sorted(Path(reports).glob("2*/results.json"))
         timings = json.loads(found[-1].read_text())["timings"] if found else {}
@@ -82,14 +82,14 @@ def run(repeats: int) -> dict:
             rows.append(Row("startup", name, median(walls), "s", note=f"floor; CPU {_cpu()}"))
         floor = median(raw[next(iter(FLOORS))])
         del CPU_S[:]
-        cli = [_wall([sys.executable, "-m", "recipe.cli", "--help"], Path(cwd))[0] for _ in range(repeats)]
+        cli = [_wall([sys.executable, "-m", "checks.cli", "--help"], Path(cwd))[0] for _ in range(repeats)]
         rows.append(Row("startup", "recipe --help (imports no torch)", median(cli), "s", note=f"CPU {_cpu()}"))
         datasets = [d for d in TARGETS_S if d != "fashion-mnist" or fashion_available()]
         if len(datasets) < len(TARGETS_S):
             rows.append(Row("startup", "recipe check --data fashion-mnist", None, "s", note="skipped: no files"))
         for data in datasets:
             rows += _cold_rows(data, repeats, floor, Path(cwd), raw)
-        seconds, code = _wall([sys.executable, "-m", "recipe.cli", "warm"], Path(cwd), warm_dir)
+        seconds, code = _wall([sys.executable, "-m", "checks.cli", "warm"], Path(cwd), warm_dir)
         rows.append(Row("startup", "recipe warm (once: start the warm process)", seconds, "s",
                         note=f"exit {code}; returns when it is ready"))
         try:
@@ -103,7 +103,7 @@ def run(repeats: int) -> dict:
                                 target=f"<= {TARGETS_S[data]:g} s", met=wall <= TARGETS_S[data],
                                 note=f"CPU {_cpu()} (the client's); ran {'/'.join(kinds)}; ratio: x import torch"))
         finally:
-            _wall([sys.executable, "-m", "recipe.cli", "warm", "--stop"], Path(cwd), warm_dir)
+            _wall([sys.executable, "-m", "checks.cli", "warm", "--stop"], Path(cwd), warm_dir)
     return {"rows": rows, "raw": raw}
 
 

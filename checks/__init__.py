@@ -5,6 +5,6 @@ Import it lazily here so `import checks` stays cheap and `checks/conftest.py` ca
 
 
 def run_all(pipeline, **options):
-    from checks.runner import run_all as run
+    from checks.engine.runner import run_all as run
 
     return run(pipeline, **options)

@@ -1,4 +1,4 @@
-"""pytest wiring for the preflight: a thin shim over checks/runner.py and checks/preflight.py.
+"""pytest wiring for the preflight: a thin shim over checks/engine/runner.py and checks/engine/preflight.py.
 
 `pytest checks/` builds the pipeline named by `--pipeline` (default: the recipe's linear
 classifier) once, then streams the one runner's results: each test takes its check's result as the
@@ -16,8 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from checks.registry import CHECKS
-from checks.result import STAGES, CheckResult, Verdict
+from checks.engine.registry import CHECKS
+from checks.engine.result import STAGES, CheckResult, Verdict
 
 RESULTS_KEY = pytest.StashKey["PreflightState"]()
 
@@ -93,7 +93,7 @@ def build_session_pipeline(config: pytest.Config):
 def pytest_collection_finish(session: pytest.Session) -> None:
     if not session.items or session.config.option.collectonly:
         return
-    from checks.runner import iter_results
+    from checks.engine.runner import iter_results
 
     state = session.config.stash[RESULTS_KEY]
     selected = [item.callspec.params["name"] for item in session.items
@@ -152,7 +152,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from pathlib import Path
 
-    from checks.preflight import identify, Preflight, write_run_report
+    from checks.engine.preflight import identify, Preflight, write_run_report
     from recipe.runs import run_folder
 
     preflight = Preflight(list(state.results), state.spec, identify(state.spec, state.pipeline),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from checks.result import Figure
+from checks.engine.result import Figure
 from recipe.data import Split, unit_pixels
 
 

@@ -20,8 +20,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from checks.near_copies import image_hashes
-from checks.shift_checks import content_folds
+from checks.measure.near_copies import image_hashes
+from checks.data.shift_checks import content_folds
 from recipe.data import UINT8_RANGE, Split, unit_pixels
 from recipe.pipeline import Pipeline
 

@@ -24,7 +24,7 @@ class TrainConfig:
     schedule: str = "cosine"   # lr decays to 0 by the last step: removes SGD's end-of-run noise (+~0.5% test acc)
     seed: int = 0
     augment: str = "none"      # off by default: the recipe says simplify first
-    # Steps each training-based check trains; 0: chosen from the model's forward FLOPs (checks/step_budget.py),
+    # Steps each training-based check trains; 0: chosen from the model's forward FLOPs (checks/measure/step_budget.py),
     # never from the clock, so that the same fingerprint gives the same results on any machine.
     check_steps: int = field(default=0, metadata={"help": "steps each training-based check trains; 0 chooses "
                              f"them from the model's forward FLOPs (300 for small models, fewer for costly ones, at "

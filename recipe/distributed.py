@@ -1,5 +1,5 @@
 """Training on several processes with torch.distributed: how `recipe train --nproc N` and
-`torchrun --nproc-per-node N -m recipe train ...` start, agree and finish.
+`torchrun --nproc-per-node N -m checks.cli train ...` start, agree and finish.
 
 - The preflight runs once, in one process: rank 0, the process you started (`--nproc`) or the one
   torchrun gives RANK=0. The other ranks load the same pipeline and wait for rank 0's plan.

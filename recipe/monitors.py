@@ -1,6 +1,6 @@
 """Watch a full training run, cheaply: what `fit(..., monitor=TrainingMonitor())` records.
 
-The monitor only records; `checks/monitor_checks.py` judges the record after `fit` returns. What it
+The monitor only records; `checks/training/monitor_checks.py` judges the record after `fit` returns. What it
 keeps, as plain numbers (a `MonitorLog`, JSON-able):
 
 - every step's loss, kept on the device and copied to the host once per epoch (no sync a step);

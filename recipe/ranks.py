@@ -16,7 +16,7 @@ code path for one process and for N):
 - `train_step`: the user's step, with the weights compared before the first one.
 
 The rank checks measure, gather the numbers to every rank (so every rank takes the same decision)
-and keep them in a `RankRecord`; `checks/distributed_checks.py` judges it. When the ranks disagree,
+and keep them in a `RankRecord`; `checks/training/distributed_checks.py` judges it. When the ranks disagree,
 all stop together: one rank left waiting in a collective would wait forever.
 """
 from __future__ import annotations

@@ -207,7 +207,7 @@ def start_in_background() -> Path:
     import subprocess
 
     path = socket_path()
-    subprocess.Popen([sys.executable, "-m", "recipe.warm_server"], stdin=subprocess.DEVNULL,
+    subprocess.Popen([sys.executable, "-m", "checks.cli.warm_server"], stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     return path
 
@@ -263,4 +263,4 @@ def command(args) -> int:
             print(f"warm process ready: {path} (exits after {idle_s() / 60:g} idle min)")
             return 0
         time.sleep(0.05)
-    raise RecipeError("the warm process did not start within 15 s; run `python -m recipe.warm_server` to see why")
+    raise RecipeError("the warm process did not start within 15 s; run `python -m checks.cli.warm_server` to see why")

@@ -97,7 +97,7 @@ def fast_sample(monkeypatch, sample_raw):
 
 
 def subprocess_env() -> dict[str, str]:
-    """Environment for `python -m recipe.cli` children: find this checkout even without pip install."""
+    """Environment for `python -m checks.cli` children: find this checkout even without pip install."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.pop("PYTHONWARNINGS", None)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from checks import run_all
-from recipe.cli import main
+from checks.cli.main import main
 from recipe.config import TrainConfig
 from recipe.data import load_data
 from recipe.datasets import bundle_from_datasets

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from checks.baseline_checks import _still_falling, input_independent_baseline
-from checks.result import Verdict
+from checks.baselines.baseline_checks import _still_falling, input_independent_baseline
+from checks.engine.result import Verdict
 from recipe.config import TrainConfig
 from recipe.data import load_data
 from recipe.pipeline import default_pipeline

@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from checks import data_checks, skeleton_checks
-from checks.label_checks import label_agreement, label_noise
-from checks.result import Verdict
-from checks.runner import iter_results, run_check
+from checks.data import data_checks
+from checks.skeleton import skeleton_checks
+from checks.data.label_checks import label_agreement, label_noise
+from checks.engine.result import Verdict
+from checks.engine.runner import iter_results, run_check
 from recipe.config import TrainConfig
 from recipe.data import Split
 from recipe.pipeline import default_pipeline
@@ -122,7 +123,7 @@ def test_label_noise_does_not_apply_when_train_is_too_small_to_fit_its_probe(cle
 def test_labels_out_of_range_are_integritys_finding_not_a_crash_in_target_leak(clean, shift):
     import dataclasses
 
-    from checks import data_checks
+    from checks.data import data_checks
     from recipe.data import Batch
 
     def batches(split, **options):  # 1-based labels, or far out of range: the loader's bug

@@ -15,9 +15,9 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from checks.registry import CHECKS, CHECKS_BY_STAGE
-from recipe.cli import load_pipeline, main
-from recipe.cli_parser import SUMMARIES, build_parser
+from checks.engine.registry import CHECKS, CHECKS_BY_STAGE
+from checks.cli.main import load_pipeline, main
+from checks.cli.parser import SUMMARIES, build_parser
 from tests.conftest import PYTHON, subprocess_env
 
 SAMPLE = ["--data", "sample", "--no-download"]
@@ -88,7 +88,7 @@ def test_a_usage_error_is_one_line_with_one_prefix_and_a_suggestion(case, capsys
 
 
 def test_debug_shows_the_traceback_of_a_usage_error():
-    done = subprocess.run([PYTHON, "-m", "recipe.cli", "chek", "--debug"], env=subprocess_env(),
+    done = subprocess.run([PYTHON, "-m", "checks.cli", "chek", "--debug"], env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "Traceback (most recent call last)" in done.stderr
     assert "RecipeError: unknown command 'chek'" in done.stderr
@@ -100,7 +100,7 @@ def test_debug_shows_the_traceback_of_a_usage_error():
 def piped_run(tmp_path_factory):
     """`recipe run` as CI runs it: stdout and stderr are pipes, not a terminal."""
     workdir = tmp_path_factory.mktemp("piped")
-    done = subprocess.run([PYTHON, "-m", "recipe.cli", "run", *SAMPLE, "--epochs", "2"], cwd=workdir,
+    done = subprocess.run([PYTHON, "-m", "checks.cli", "run", *SAMPLE, "--epochs", "2"], cwd=workdir,
                           env=subprocess_env(), capture_output=True, text=True, timeout=600)
     return done, workdir
 
@@ -224,7 +224,7 @@ def test_a_pipeline_with_its_own_data_prints_its_own_description(tmp_path, capsy
 NO_TORCH = textwrap.dedent("""
     import sys
     from checks.report.render import build_record, write_report
-    from recipe.cli import main
+    from checks.cli.main import main
 
     record = build_record([], pipeline_name="p", pipeline_spec="p:build", data=None, config=None,
                           environment={}, timings={})

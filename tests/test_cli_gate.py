@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe.cli import main
+from checks.cli.main import main
 
 UNNORMALISED = textwrap.dedent("""
     import dataclasses

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recipe import sources
-from recipe.cli import main
+from checks.cli.main import main
 from recipe.train import CHECKPOINT_NAME, METRICS_NAME
 from tests.conftest import PYTHON, subprocess_env
 
@@ -58,7 +58,7 @@ def test_train_in_process(gated_run):
 
 def test_train_as_a_command_reuses_the_preflight(gated_run, tmp_path):
     report_dir = gated_run[3]
-    proc = subprocess.run([PYTHON, "-m", "recipe.cli", "train", *SAMPLE, *CONFIG, "--epochs", "2",
+    proc = subprocess.run([PYTHON, "-m", "checks.cli", "train", *SAMPLE, *CONFIG, "--epochs", "2",
                            "--report-dir", str(report_dir)], cwd=tmp_path, env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -130,7 +130,7 @@ def test_device_cuda_without_gpu(tmp_path, capsys):
 
 
 def test_errors_from_the_command_have_no_traceback_and_debug_shows_one(tmp_path):
-    base = [PYTHON, "-m", "recipe.cli", "train", *SAMPLE, "--batch-size", "0"]
+    base = [PYTHON, "-m", "checks.cli", "train", *SAMPLE, "--batch-size", "0"]
     plain = subprocess.run(base, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert plain.returncode == 2
     assert plain.stderr == "recipe: error: --batch-size must be at least 1, got 0\n"
@@ -160,7 +160,7 @@ def test_ctrl_c_keeps_checkpoint_and_resume_is_bit_identical(gated_run, tmp_path
     def default_sigint():  # a shell without job control starts background jobs with SIGINT ignored
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    child = subprocess.Popen([PYTHON, "-m", "recipe.cli", "train", *common, "--epochs", "100000",
+    child = subprocess.Popen([PYTHON, "-m", "checks.cli", "train", *common, "--epochs", "100000",
                               "--out", str(interrupted)], cwd=tmp_path, env=env, preexec_fn=default_sigint,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     writing = tmp_path / f".{interrupted.name}.partial"  # the run stays hidden until its report is complete

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from checks import run_all
-from checks.registry import CHECKS
-from checks.result import Verdict
+from checks.engine.registry import CHECKS
+from checks.engine.result import Verdict
 from recipe.config import TrainConfig
 from recipe.data import DataBundle, NormStats, TensorBatches, norm_stats
 from recipe.datasets import bundle_from_datasets

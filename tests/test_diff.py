@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from checks.report.diff import compare, format_diff, moved
-from recipe.cli import main
+from checks.cli.main import main
 
 LABELS_OFF_BY_ONE = textwrap.dedent("""
     import dataclasses

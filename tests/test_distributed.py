@@ -15,10 +15,10 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
-from checks.distributed_checks import judge_ranks
-from checks.result import Verdict, holds
+from checks.training.distributed_checks import judge_ranks
+from checks.engine.result import Verdict, holds
 from recipe import sources
-from recipe.cli import main
+from checks.cli.main import main
 from recipe.config import TrainConfig
 from recipe.data import Batch
 from recipe.distributed import world_of
@@ -216,10 +216,10 @@ def test_recipe_train_nproc_2_trains_checks_the_ranks_and_resumes(two_process_ru
 
 @pytest.mark.slow
 def test_torchrun_runs_the_same_command(two_process_run, tmp_path):
-    """`torchrun --nproc-per-node 2 -m recipe train`: rank 0 reuses the preflight (same fingerprint) and
+    """`torchrun --nproc-per-node 2 -m checks.cli train`: rank 0 reuses the preflight (same fingerprint) and
     broadcasts the plan; only rank 0 writes the run."""
     report_dir = two_process_run[3]
-    command = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "recipe", "train", *SAMPLE,
+    command = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "checks.cli", "train", *SAMPLE,
                "--epochs", "1", "--report-dir", str(report_dir), "--out", str(tmp_path / "run")]
     done = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -229,13 +229,13 @@ def test_torchrun_runs_the_same_command(two_process_run, tmp_path):
 
 
 def test_python_m_recipe_is_the_command():
-    done = subprocess.run([PYTHON, "-m", "recipe", "train", "--help"], cwd=REPO_ROOT, env=subprocess_env(),
+    done = subprocess.run([PYTHON, "-m", "checks.cli", "train", "--help"], cwd=REPO_ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--nproc" in done.stdout
 
 
 def test_the_readme_lists_every_rank_check_in_order():
-    from checks.distributed_checks import RANK_CHECKS
+    from checks.training.distributed_checks import RANK_CHECKS
 
     section = (REPO_ROOT / "README.md").read_text().split("## Training on several processes", 1)[1].split("\n## ", 1)[0]
     table = section.split("| rank check |", 1)[1].split("\n\n", 1)[0]

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checks.capacity_checks import effective_linearity
-from checks.result import Verdict
+from checks.skeleton.capacity_checks import effective_linearity
+from checks.engine.result import Verdict
 from recipe.config import TrainConfig
 from recipe.pipeline import default_pipeline, mlp_pipeline
 from tests.synthetic import write_cifar10

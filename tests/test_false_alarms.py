@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checks.baseline_checks import overfit_one_batch
-from checks.loader_checks import what_goes_into_the_net
-from checks.result import Verdict
-from checks.skeleton_checks import batch_independence, loss_at_init
+from checks.baselines.baseline_checks import overfit_one_batch
+from checks.skeleton.loader_checks import what_goes_into_the_net
+from checks.engine.result import Verdict
+from checks.skeleton.skeleton_checks import batch_independence, loss_at_init
 from recipe.config import TrainConfig
 from recipe.pipeline import mlp_pipeline
 

@@ -1,4 +1,4 @@
-"""The data stage in a forked copy (checks/forked_stage.py) yields exactly what one process yields:
+"""The data stage in a forked copy (checks/engine/forked_stage.py) yields exactly what one process yields:
 the same results, in the same order, under the same gate; and it falls back where a fork cannot help."""
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import threading
 import pytest
 import torch
 
-from checks import data_checks, skeleton_checks
-from checks import forked_stage
-from checks.forked_stage import SERIAL_ENV, fork_helps, iter_forked
-from checks.registry import CHECKS_BY_STAGE
-from checks.result import CheckResult, Verdict
-from checks.runner import iter_results, run_check
+from checks.data import data_checks
+from checks.skeleton import skeleton_checks
+from checks.engine import forked_stage
+from checks.engine.forked_stage import SERIAL_ENV, fork_helps, iter_forked
+from checks.engine.registry import CHECKS_BY_STAGE
+from checks.engine.result import CheckResult, Verdict
+from checks.engine.runner import iter_results, run_check
 from tests.zoo.bugs import init_100x, leaked_test_images
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork runs on Linux only")
@@ -121,8 +122,8 @@ def test_fork_is_declined_where_it_cannot_help(linear, monkeypatch):
 
 def test_recipe_check_asks_for_the_fork(monkeypatch, tmp_path, fast_sample):
     """`recipe check` runs the stages side by side where it can (run_preflight(..., fork=True))."""
-    import checks.forked_stage as forked_stage
-    from recipe.cli import main
+    import checks.engine.forked_stage as forked_stage
+    from checks.cli.main import main
 
     asked = []
     monkeypatch.setattr(forked_stage, "fork_helps", lambda pipeline: asked.append(pipeline) or False)

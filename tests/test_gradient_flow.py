@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checks.gradient_checks import gradient_flow
-from checks.result import Verdict
+from checks.skeleton.gradient_checks import gradient_flow
+from checks.engine.result import Verdict
 from recipe.config import TrainConfig
 from recipe.model import LinearClassifier
 from recipe.pipeline import mlp_pipeline

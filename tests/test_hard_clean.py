@@ -9,9 +9,9 @@ import re
 import pytest
 import torch
 
-from checks.registry import CHECKS_BY_STAGE
-from checks.result import Verdict
-from checks.runner import run_check
+from checks.engine.registry import CHECKS_BY_STAGE
+from checks.engine.result import Verdict
+from checks.engine.runner import run_check
 from recipe.config import TrainConfig
 from recipe.data import load_data
 from recipe.pipeline import default_pipeline

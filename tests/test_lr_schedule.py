@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 from torch.optim import lr_scheduler as schedulers
 
-from checks.sampling import planned_lr_curve
-from checks.schedule_checks import collapse_step, lr_schedule, rebound
+from checks.measure.sampling import planned_lr_curve
+from checks.skeleton.schedule_checks import collapse_step, lr_schedule, rebound
 from recipe.config import TrainConfig
 from recipe.pipeline import default_pipeline, mlp_pipeline
 from tests.test_verdicts import disagreements

@@ -1,4 +1,4 @@
-"""The training monitors: `recipe/monitors.py` records a run, `checks/monitor_checks.py` judges it.
+"""The training monitors: `recipe/monitors.py` records a run, `checks/training/monitor_checks.py` judges it.
 
 Every monitor trips (WARN or FAIL) on bad twins in a short run on the sample, several variants per
 kind of fault, and clean runs trip none. The twins are built the way a user writes them: a
@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from checks import monitor_checks
-from checks.monitor_checks import MONITORS, judge_training
-from checks.result import CheckResult, Verdict
+from checks.training import monitor_checks
+from checks.training.monitor_checks import MONITORS, judge_training
+from checks.engine.result import CheckResult, Verdict
 from recipe import sources
-from recipe.cli import main
+from checks.cli.main import main
 from recipe.config import TrainConfig
 from recipe.data import Split
 from recipe.model import MLPClassifier

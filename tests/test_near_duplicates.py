@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from checks.near_copies import Hasher, Index, Queries, interiors, nearest_copies, small
-from checks.result import Verdict, holds
-from checks.split_checks import conflicting_labels, duplicates_and_leakage
+from checks.measure.near_copies import Hasher, Index, Queries, interiors, nearest_copies, small
+from checks.engine.result import Verdict, holds
+from checks.data.split_checks import conflicting_labels, duplicates_and_leakage
 from recipe.config import TrainConfig
 from recipe.data import DataBundle, Split, load_data
 from recipe.pipeline import default_pipeline

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import checks
-from checks.registry import CHECKS
-from recipe.cli import main
+from checks.engine.registry import CHECKS
+from checks.cli.main import main
 from recipe.config import TrainConfig
 from recipe.errors import RecipeError
 from recipe.pipeline import default_pipeline
@@ -240,7 +240,7 @@ def test_a_train_report_links_the_preflight_it_relied_on_and_keeps_its_figures(w
 # ---------------------------------------------------------------- one runner, one gate
 
 def test_pytest_and_the_zoo_both_run_checks_through_the_one_runner(workdir, pytester, monkeypatch, sample_data):
-    import checks.runner as runner
+    import checks.engine.runner as runner
     from tests.zoo.catalogue import ZOO, run_zoo
 
     calls = []

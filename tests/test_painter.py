@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from checks.report.painter import Painter, draw_entry
-from checks.result import Figure
+from checks.engine.result import Figure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_a_script_without_a_main_guard_runs_once_and_total_s_is_its_wall_time(tm
     script = tmp_path / "unguarded.py"
     script.write_text(textwrap.dedent(f"""
         import sys
-        from recipe.cli import main
+        from checks.cli.main import main
         sys.exit(main(["check", "--data", "sample", "--no-download", "--quiet", "--report-dir", {str(tmp_path / 'r')!r}]))
     """))
     started = time.perf_counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import checks
-from checks.registry import CHECKS_BY_STAGE
+from checks.engine.registry import CHECKS_BY_STAGE
 
 CHECKS_DIR = str(Path(checks.__file__).parent)
 

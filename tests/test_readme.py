@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from checks import run_all
-from checks.result import Verdict
+from checks.engine.result import Verdict
 from recipe.config import TrainConfig
 from recipe.data import load_data
 from recipe.user_code import make_pipeline
@@ -30,7 +30,7 @@ def test_readme_cnn_pipeline_passes_every_check(tmp_path, monkeypatch):
 
 
 def test_the_checks_table_lists_every_registered_check_in_order():
-    from checks.registry import CHECKS_BY_STAGE
+    from checks.engine.registry import CHECKS_BY_STAGE
 
     section = README.read_text().split("## What it checks", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| (\w+) \| `(\w+)` \|", section, re.M)
@@ -38,7 +38,7 @@ def test_the_checks_table_lists_every_registered_check_in_order():
 
 
 def test_the_zoo_matrix_has_a_row_for_every_bug_and_says_the_measured_rate():
-    from checks.registry import CHECKS
+    from checks.engine.registry import CHECKS
     from tests.zoo.catalogue import ZOO
 
     section = README.read_text().split("## The bug zoo", 1)[1].split("\n## ", 1)[0]

@@ -18,7 +18,7 @@ from checks.report.figures import render_png
 from checks.report.render import build_record, environment_info, figures_of, rerender, write_report
 from recipe.evaluate import evaluate_trained, shift_image
 from checks.report.training import training_summary, wilson_interval
-from checks.result import CheckResult, Figure, Verdict
+from checks.engine.result import CheckResult, Figure, Verdict
 from recipe.config import TrainConfig
 from recipe.errors import RecipeError
 from recipe.pipeline import default_pipeline, mlp_pipeline

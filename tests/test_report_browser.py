@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe.cli import main
+from checks.cli.main import main
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

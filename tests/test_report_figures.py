@@ -8,7 +8,7 @@ import pytest
 from matplotlib.image import imread
 
 from checks.report.figures import MAX_IMAGES, render_png
-from checks.result import Figure
+from checks.engine.result import Figure
 
 
 def tile_rows(png: bytes) -> int:

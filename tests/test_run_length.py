@@ -8,11 +8,11 @@ from typing import Iterator
 
 import pytest
 
-from checks.baseline_checks import overfit_one_batch
-from checks.plan_checks import half_way_step, run_length
-from checks.reference_run import reference_run
-from checks.result import Verdict
-from checks.runner import run_all
+from checks.baselines.baseline_checks import overfit_one_batch
+from checks.baselines.plan_checks import half_way_step, run_length
+from checks.measure.reference_run import reference_run
+from checks.engine.result import Verdict
+from checks.engine.runner import run_all
 from recipe.config import TrainConfig
 from recipe.data import Batch, TensorBatches
 from recipe.pipeline import default_pipeline, mlp_pipeline

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from checks.gate import find_preflight
-from checks.registry import CHECKS
-from recipe.cli import main
+from checks.engine.gate import find_preflight
+from checks.engine.registry import CHECKS
+from checks.cli.main import main
 from recipe.errors import RecipeError
 from recipe.runs import LATEST, finish_before_ctrl_c, resume_folder, run_dirs, run_folder
 from tests.conftest import PYTHON, subprocess_env
@@ -136,7 +136,7 @@ def _default_sigint():  # a shell without job control starts background jobs wit
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "-m", "recipe.cli", *args], cwd=cwd, env=subprocess_env(),
+    return subprocess.Popen([PYTHON, "-m", "checks.cli", *args], cwd=cwd, env=subprocess_env(),
                             preexec_fn=_default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

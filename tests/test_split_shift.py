@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checks.result import Verdict
-from checks.shift_checks import auc, split_shift
+from checks.engine.result import Verdict
+from checks.data.shift_checks import auc, split_shift
 from recipe.config import TrainConfig
 from recipe.data import Split, load_data
 from recipe.pipeline import default_pipeline

@@ -1,4 +1,4 @@
-"""How long the checks train is a pure function of model + config (checks/step_budget.py): never the
+"""How long the checks train is a pure function of model + config (checks/measure/step_budget.py): never the
 clock, so the same fingerprint gives the same results on a busy machine and an idle one."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from checks import step_budget
-from checks.reference_run import REFERENCE_STEPS, budgeted_training
-from checks.step_budget import FLOPS_PER_CHECK, plan_steps
+from checks.measure import step_budget
+from checks.measure.reference_run import REFERENCE_STEPS, budgeted_training
+from checks.measure.step_budget import FLOPS_PER_CHECK, plan_steps
 from recipe.config import MIN_CHECK_STEPS, TrainConfig
 from recipe.errors import RecipeError
 from recipe.pipeline import default_pipeline, mlp_pipeline
@@ -163,7 +163,7 @@ def frozen_checkout(root: Path) -> Path:
 def preflight_record(code: Path, workdir: Path) -> dict:
     """`recipe check` on the pytorch/examples CNN, as a user runs it from `workdir`; its results.json."""
     workdir.mkdir()
-    command = [PYTHON, "-m", "recipe.cli", "check", "--data", "sample", "--no-download", "--quiet",
+    command = [PYTHON, "-m", "checks.cli", "check", "--data", "sample", "--no-download", "--quiet",
                "--pipeline", f"{code}/tests/pipelines/pytorch_examples_mnist.py:build", "--report-dir", "reports"]
     env = {**subprocess_env(), "PYTHONPATH": str(code)}
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.utils.clip_grad as clip_grad_module
 from torch import nn
 
-from checks.reference_run import budgeted_training
-from checks.sampling import accuracy_and_loss, behaves_differently_in_eval
-from checks.step_checks import gradient_clipping, train_mode_kept
+from checks.measure.reference_run import budgeted_training
+from checks.measure.sampling import accuracy_and_loss, behaves_differently_in_eval
+from checks.skeleton.step_checks import gradient_clipping, train_mode_kept
 from recipe.config import TrainConfig
 from recipe.pipeline import default_pipeline, mlp_pipeline
 from tests.test_verdicts import disagreements

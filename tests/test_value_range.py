@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from checks import run_all
-from checks.data_checks import integrity
-from checks.label_checks import label_signal
-from checks.loader_checks import what_goes_into_the_net
-from checks.result import Figure, Verdict
+from checks.data.data_checks import integrity
+from checks.data.label_checks import label_signal
+from checks.skeleton.loader_checks import what_goes_into_the_net
+from checks.engine.result import Figure, Verdict
 from recipe.config import TrainConfig
 from recipe.data import Split, norm_stats, normalize, pixel_mean_std
 from recipe.datasets import bundle_from_datasets

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import checks
-from checks.augmentation_checks import augmentation_consistency
+from checks.skeleton.augmentation_checks import augmentation_consistency
 from checks.report.render import SYMBOLS, build_record, environment_info, render_html
-from checks.result import CheckResult, Verdict, holds, measured, worst
+from checks.engine.result import CheckResult, Verdict, holds, measured, worst
 from recipe.config import TrainConfig
 from recipe.pipeline import default_pipeline
 from tests.zoo.catalogue import CODES, ZOO, run_zoo

@@ -20,7 +20,7 @@ SAMPLE = ["--data", "sample", "--quiet"]
 
 
 def recipe(env: dict, *argv: str, cwd: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "recipe.cli", *argv], env=env, cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([PYTHON, "-m", "checks.cli", *argv], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=300, **kwargs)
 
 
@@ -95,7 +95,7 @@ def make(config, data):
 
 def test_ctrl_c_reaches_the_warm_command(warm_env, tmp_path):
     (tmp_path / "slow_net.py").write_text(SLOW_NET)
-    client = subprocess.Popen([PYTHON, "-m", "recipe.cli", "check", "--data", "sample", "--pipeline",
+    client = subprocess.Popen([PYTHON, "-m", "checks.cli", "check", "--data", "sample", "--pipeline",
                                "slow_net.py:make", "--report-dir", "runs"], cwd=tmp_path, env=warm_env,
                               stderr=subprocess.PIPE, text=True)
     lines = []
@@ -134,7 +134,7 @@ def test_the_key_is_taken_from_the_environment_the_command_started_with(monkeypa
 def test_a_cold_check_on_a_terminal_starts_nothing_in_the_background(tmp_path):
     """Only `recipe warm` starts a warm process: a command the user typed leaves no process behind."""
     env = dict(subprocess_env(), RECIPE_WARM="1", RECIPE_WARM_DIR=str(tmp_path / "warm"), RECIPE_WARM_IDLE_S="60")
-    command = f"{PYTHON} -m recipe.cli check --data sample --quiet --report-dir {tmp_path / 'runs'}"
+    command = f"{PYTHON} -m checks.cli check --data sample --quiet --report-dir {tmp_path / 'runs'}"
     try:
         first = subprocess.run(["script", "-qec", command, "/dev/null"], env=env, capture_output=True, text=True,
                                timeout=300)

@@ -25,7 +25,7 @@ as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a s
 
 
 def recipe(env: dict, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "recipe.cli", *argv], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([PYTHON, "-m", "checks.cli", *argv], env=env, capture_output=True, text=True, timeout=300)
 
 
 def open_to_all(tmp_path: Path) -> Path:
@@ -181,7 +181,8 @@ def test_a_folder_planted_by_another_user_runs_cold_end_to_end(tmp_path):
 SERVER_THAT_SEES_A_STRANGER = """
 import sys
 from pathlib import Path
-from recipe import warm, warm_server
+from recipe import warm
+from checks.cli import warm_server
 warm.peer_uid = lambda conn: 99999  # every client looks like another user's
 marker = Path(sys.argv[1])
 warm_server.serve(lambda: None, lambda argv, started: marker.write_text("ran") and 0)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from checks import run_all
-from checks.result import Verdict
-from checks.runner import run_check
-from checks.registry import CHECKS
+from checks.engine.result import Verdict
+from checks.engine.runner import run_check
+from checks.engine.registry import CHECKS
 from tests.zoo.catalogue import (CLEAN, COLOUR_DIGITS, DATA_SETS, ZOO, clean_pipelines, detection_rate, run_zoo,
                                   zoo_data)
 from recipe.config import TrainConfig
@@ -150,7 +150,7 @@ def test_detection_matrix_catches_every_declared_bug(sample):
 
 
 def _row(name, bug, verdicts):
-    from checks.result import CheckResult
+    from checks.engine.result import CheckResult
     from tests.zoo.catalogue import ZooRow
     return ZooRow(name, bug, {check: CheckResult(check, "skeleton", Verdict(v), None, None, "", f"{check} says {v}")
                               for check, v in verdicts.items()})

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from checks.reference_run import budgeted_training, reference_run, shared_per_pipeline
-from checks.result import CheckResult, Figure, Verdict
-from checks.sampling import (PlannedSchedule, accuracy_and_loss, first_batches, fresh_model, has_running_stats,
+from checks.measure.reference_run import budgeted_training, reference_run, shared_per_pipeline
+from checks.engine.result import CheckResult, Figure, Verdict
+from checks.measure.sampling import (PlannedSchedule, accuracy_and_loss, first_batches, fresh_model, has_running_stats,
                              loss_floor, output_family)
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline

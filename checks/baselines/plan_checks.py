@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
-from checks.baseline_checks import overfit_one_batch
-from checks.reference_run import reference_run
-from checks.result import CheckResult, Verdict, measured, not_applicable
-from checks.sampling import first_batches
+from checks.baselines.baseline_checks import overfit_one_batch
+from checks.measure.reference_run import reference_run
+from checks.engine.result import CheckResult, Verdict, measured, not_applicable
+from checks.measure.sampling import first_batches
 from recipe.pipeline import Pipeline
 
 STAGE = "baselines"

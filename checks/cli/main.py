@@ -12,7 +12,7 @@ from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
-from recipe.cli_parser import build_parser, suggest_flags
+from checks.cli.parser import build_parser, suggest_flags
 from recipe.errors import RecipeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -120,8 +120,8 @@ class Progress:
 def run_checks(args: argparse.Namespace, pipeline, parts: dict | None = None):
     """The preflight. On Ctrl-C, the checks that finished are kept as a partial report (which can never
     open the training gate), then the interrupt goes on."""
-    from checks.preflight import Preflight, identify, run_preflight
-    from checks.runner import expected_count
+    from checks.engine.preflight import Preflight, identify, run_preflight
+    from checks.engine.runner import expected_count
 
     from checks.report.painter import Painter
 
@@ -152,7 +152,7 @@ def run_checks(args: argparse.Namespace, pipeline, parts: dict | None = None):
 def _verdict_line(results) -> str:
     from collections import Counter
 
-    from checks.result import worst
+    from checks.engine.result import worst
 
     counts = Counter(r.verdict.value for r in results)
     spread = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
@@ -196,8 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train on the word of the newest complete, passing preflight of exactly this code, data, config
     and device; run one first when there is none."""
-    from checks.gate import find_preflight, newest_for_pipeline, refusal
-    from checks.preflight import Preflight, identify
+    from checks.engine.gate import find_preflight, newest_for_pipeline, refusal
+    from checks.engine.preflight import Preflight, identify
     from recipe.identity import changed_parts, fingerprint
     from recipe.runs import check_out, resume_folder
     from recipe.train import CHECKPOINT_NAME
@@ -241,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def write_checks_only(args: argparse.Namespace, pipeline, preflight) -> Path:
     """A run folder holding the preflight's report (no training), made `latest` once complete."""
-    from checks.preflight import write_run_report
+    from checks.engine.preflight import write_run_report
     from recipe.runs import finish_before_ctrl_c, run_folder
 
     with run_folder(Path(args.report_dir)) as run, finish_before_ctrl_c():
@@ -263,7 +263,7 @@ def _drawn(args: argparse.Namespace) -> dict | None:
 def _previous(args: argparse.Namespace, preflight, this_run: Path | None = None) -> tuple[Path, dict] | None:
     """The previous complete preflight of this pipeline, for the report's comparison (not the one this
     run relied on, nor this run itself when resumed)."""
-    from checks.gate import newest_for_pipeline
+    from checks.engine.gate import newest_for_pipeline
 
     earlier = newest_for_pipeline(Path(args.report_dir), args.pipeline)
     if earlier is None:
@@ -286,7 +286,7 @@ def _stored_figures(run_dir: Path) -> dict | None:
 
 
 def _result_from_json(row: dict):
-    from checks.result import CheckResult, Verdict
+    from checks.engine.result import CheckResult, Verdict
 
     known = {"name", "stage", "value", "threshold", "comparison", "message", "details", "duration_s"}
     return CheckResult(verdict=Verdict(row["verdict"]), **{k: v for k, v in row.items() if k in known})
@@ -298,8 +298,8 @@ def train_and_report(args: argparse.Namespace, pipeline, preflight, forced: bool
 
     What finished is kept: if training is interrupted or crashes, the report still holds the preflight
     and whatever epochs ran (with the last checkpoint), and says training stopped."""
-    from checks.monitor_checks import judge_training
-    from checks.preflight import write_run_report
+    from checks.training.monitor_checks import judge_training
+    from checks.engine.preflight import write_run_report
     from checks.report.training import training_summary
     from recipe.evaluate import Evaluation, evaluate_trained
     from recipe.monitors import TrainingMonitor
@@ -444,7 +444,7 @@ def preload() -> None:
     from importlib import import_module
 
     for name in ("torch._dynamo",  # the first Optimizer.step() imports it: 1 s
-                 "checks.preflight", "checks.registry", "checks.report.painter", "checks.report.render",
+                 "checks.engine.preflight", "checks.engine.registry", "checks.report.painter", "checks.report.render",
                  "checks.report.figures",  # matplotlib, for drawing a backlog of figures here
                  "recipe.data", "recipe.pipeline", "recipe.train", "recipe.user_code", "torchvision"):
         try:

@@ -1,7 +1,7 @@
-"""`python -m recipe.warm_server`: the warm process of recipe/warm.py, serving recipe.cli's commands.
+"""`python -m checks.cli.warm_server`: the warm process of recipe/warm.py, serving checks.cli.main's commands.
 
 Its own module so that recipe/warm.py (which the `recipe` client imports first, and which must stay
-light) never imports recipe.cli, and recipe.cli never imports this."""
+light) never imports checks.cli.main, and checks.cli.main never imports this."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,8 @@ import socket
 import sys
 from typing import Callable
 
-from recipe import cli, warm
+from checks.cli import main as cli
+from recipe import warm
 
 
 def serve(preload: Callable[[], None], run: Callable[[list[str], float], int]) -> None:

@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from checks.result import CheckResult, Figure, Verdict, measured, not_applicable
-from checks.sampling import stacked
+from checks.engine.result import CheckResult, Figure, Verdict, measured, not_applicable
+from checks.measure.sampling import stacked
 from recipe.data import pixel_mean_std, unit_pixels
 from recipe.pipeline import Pipeline
 

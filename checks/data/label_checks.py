@@ -3,7 +3,7 @@
 - `label_signal`: the labels must tell the images apart better than the same labels shuffled do (the
   class-mean images, and a probe's held-out accuracy, against 20 permutations of the train labels).
 - `label_agreement`: held-out train labels and val + test labels come from the same labelling
-  process, so the probe (checks/label_probe.py) should miss equally often on both; the gap is judged
+  process, so the probe (checks/measure/label_probe.py) should miss equally often on both; the gap is judged
   against the gaps that shuffling which split each scored image belongs to gives. Labels corrupted in
   one split only (annotation noise, a label map applied to train but not to test) open a gap.
 - `label_noise`: where the probe is most confident it is nearly always right on clean labels, so
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from checks.label_figures import class_figures, confusion_figure, disagreements_figure, per_class_figure
-from checks.label_probe import flipped, held_out_probe, unseen, z_score
-from checks.result import CheckResult, Verdict, measured, not_applicable
+from checks.measure.label_probe import flipped, held_out_probe, unseen, z_score
+from checks.engine.result import CheckResult, Verdict, measured, not_applicable
 from recipe.data import Split
 from recipe.pipeline import Pipeline
 

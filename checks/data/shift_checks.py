@@ -18,7 +18,7 @@ import zlib
 import torch
 import torch.nn.functional as F
 
-from checks.result import CheckResult, Figure, measured, not_applicable
+from checks.engine.result import CheckResult, Figure, measured, not_applicable
 from recipe.data import unit_pixels
 from recipe.pipeline import Pipeline
 

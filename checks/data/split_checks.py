@@ -2,7 +2,7 @@
 labels disagree. Both checks read one search (`find_copies`), kept for the data being checked.
 
 A copy is exact (the same bytes) or near: the same picture shifted by a pixel or two, re-encoded,
-noised, brightened or with its contrast changed (checks/near_copies.py finds them). Exact copies are
+noised, brightened or with its contrast changed (checks/measure/near_copies.py finds them). Exact copies are
 counted over every image; near copies over a seeded sample of each split, which measures a rate to
 about a tenth of a point at any data size.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy
 import torch
 
-from checks.near_copies import SHIFT, Hasher, Index, Queries, image_hashes, nearest_copies, small, small_size
-from checks.result import CheckResult, Figure, Verdict
+from checks.measure.near_copies import SHIFT, Hasher, Index, Queries, image_hashes, nearest_copies, small, small_size
+from checks.engine.result import CheckResult, Figure, Verdict
 from recipe.data import DataBundle, unit_pixels
 from recipe.pipeline import Pipeline
 

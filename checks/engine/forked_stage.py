@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Callable, Iterator
 
-from checks.result import STAGES, CheckResult
+from checks.engine.result import STAGES, CheckResult
 
 FIRST = STAGES[0]        # the stage that runs in the copy
 SERIAL_ENV = "RECIPE_SERIAL_CHECKS"  # set to 1 to run every stage in this process

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from checks.result import Verdict, worst
-from checks.runner import is_complete
+from checks.engine.result import Verdict, worst
+from checks.engine.runner import is_complete
 from recipe.runs import run_dirs
 
 

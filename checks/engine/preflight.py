@@ -1,7 +1,7 @@
 """The preflight as a whole, for every entry point: run the checks, fingerprint them, write the run.
 
 `run_preflight` is what `recipe check/run/train` and `pytest checks/` both do: the one runner
-(checks/runner.py) over the pipeline, plus what the training gate (checks/gate.py) needs to trust
+(checks/engine/runner.py) over the pipeline, plus what the training gate (checks/engine/gate.py) needs to trust
 the result later: the fingerprint of the code, data, config and device it vouches for, and whether
 every registered check ran.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection
 
-from checks.result import CheckResult, worst
-from checks.runner import expected_count, is_complete, iter_results
+from checks.engine.result import CheckResult, worst
+from checks.engine.runner import expected_count, is_complete, iter_results
 from recipe.identity import fingerprint, fingerprint_parts
 
 
@@ -52,7 +52,7 @@ def run_preflight(pipeline, spec: str, *, gate: bool = True, only: Collection[st
                   parts: dict[str, str] | None = None, fork: bool = False,
                   on_done: Callable | None = None) -> Preflight:
     """Run the checks (all, or `only` those) through the one runner and identify what they vouch for.
-    `fork`, `on_done`: see `checks.runner.iter_results`."""
+    `fork`, `on_done`: see `checks.engine.runner.iter_results`."""
     parts = parts if parts is not None else identify(spec, pipeline)
     started = time.perf_counter()
     results = []

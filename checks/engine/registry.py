@@ -1,20 +1,20 @@
 """Which checks run in which stage, in order. The pytest tests and the zoo both read this."""
 from __future__ import annotations
 
-from checks import augmentation_checks as augmentation
-from checks import baseline_checks as baselines
-from checks import capacity_checks as capacity
-from checks import data_checks as data
-from checks import gradient_checks as gradients
-from checks import label_checks as labels
-from checks import loader_checks as loader
-from checks import loop_checks as loop
-from checks import plan_checks as plan
-from checks import schedule_checks as schedule
-from checks import shift_checks as shift
-from checks import skeleton_checks as skeleton
-from checks import split_checks as splits
-from checks import step_checks as step
+from checks.skeleton import augmentation_checks as augmentation
+from checks.baselines import baseline_checks as baselines
+from checks.skeleton import capacity_checks as capacity
+from checks.data import data_checks as data
+from checks.skeleton import gradient_checks as gradients
+from checks.data import label_checks as labels
+from checks.skeleton import loader_checks as loader
+from checks.skeleton import loop_checks as loop
+from checks.baselines import plan_checks as plan
+from checks.skeleton import schedule_checks as schedule
+from checks.data import shift_checks as shift
+from checks.skeleton import skeleton_checks as skeleton
+from checks.data import split_checks as splits
+from checks.skeleton import step_checks as step
 
 CHECKS_BY_STAGE = {
     "data": [data.integrity, data.split_sizes, data.class_balance, splits.duplicates_and_leakage,

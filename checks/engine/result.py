@@ -1,4 +1,4 @@
-"""CheckResult, Verdict and Figure: what a check returns (checks/runner.py runs them).
+"""CheckResult, Verdict and Figure: what a check returns (checks/engine/runner.py runs them).
 
 A check is a plain function `check(pipeline) -> CheckResult` that keeps no state and prints
 nothing. The measured value is kept apart from the verdict: every result carries the number, the

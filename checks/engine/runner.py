@@ -13,8 +13,8 @@ import time
 import traceback
 from typing import Callable, Collection, Iterator
 
-from checks.registry import CHECKS, CHECKS_BY_STAGE
-from checks.result import STAGES, CheckResult, Verdict
+from checks.engine.registry import CHECKS, CHECKS_BY_STAGE
+from checks.engine.result import STAGES, CheckResult, Verdict
 from recipe.contract import check_contract
 
 OnEvent = Callable[[str, str], None]  # (check name, stage), called as a check starts
@@ -42,7 +42,7 @@ def iter_results(pipeline, *, gate: bool = True, only: Collection[str] | None = 
                  fork: bool = False, on_done: Callable[[CheckResult], None] | None = None
                  ) -> Iterator[CheckResult]:
     """Yield each check's result as it finishes, in stage order. With `fork`, where it is safe, the
-    data stage runs in a forked copy of this process beside the later stages (checks/forked_stage.py);
+    data stage runs in a forked copy of this process beside the later stages (checks/engine/forked_stage.py);
     the results, their order and the gate are the same. `on_done` sees each result as soon as it
     exists, which with `fork` can be before earlier ones are yielded: for work that needs no order
     (drawing its figures)."""
@@ -61,7 +61,7 @@ def _iter_stages(pipeline, gate: bool, only: Collection[str] | None, checks_by_s
                  on_start: OnEvent | None, fork: bool, on_done: Callable[[CheckResult], None] | None
                  ) -> Iterator[CheckResult]:
     if fork:
-        from checks.forked_stage import FIRST, fork_helps, iter_forked
+        from checks.engine.forked_stage import FIRST, fork_helps, iter_forked
 
         wanted = lambda check: only is None or check.__name__ in only  # noqa: E731
         if fork_helps(pipeline) and any(map(wanted, checks_by_stage.get(FIRST, []))):

@@ -5,7 +5,7 @@ model with the same seed, batches, optimizer, scheduler and step: they would tra
 run three times. `reference_run` trains it once per pipeline and keeps it while that pipeline is
 being checked (the last pipeline only: a check run never holds more than one).
 
-The run is budgeted in steps, never by the clock (checks/step_budget.py): the tiny default models
+The run is budgeted in steps, never by the clock (checks/measure/step_budget.py): the tiny default models
 train the full REFERENCE_STEPS, a model that costs more FLOPs per example fewer (never fewer than
 MIN_CHECK_STEPS), so a CNN still gets a preflight of seconds and the same fingerprint the same results.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from checks.sampling import PlannedSchedule, behaves_differently_in_eval, first_batches, fresh_model, generator
-from checks.step_budget import StepPlan, plan_steps
+from checks.measure.sampling import PlannedSchedule, behaves_differently_in_eval, first_batches, fresh_model, generator
+from checks.measure.step_budget import StepPlan, plan_steps
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects

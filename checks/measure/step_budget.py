@@ -1,6 +1,6 @@
 """How many steps a training-based check trains: decided from what the model is, never from the clock.
 
-The reference run (checks/reference_run.py) and the zero-input run beside it ask for up to
+The reference run (checks/measure/reference_run.py) and the zero-input run beside it ask for up to
 REFERENCE_STEPS steps. A model that costs more per example gets fewer, in proportion to its compute:
 
     steps = clamp(FLOPS_PER_CHECK / (3 x forward FLOPs of one training batch), MIN_CHECK_STEPS, asked)
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from checks.sampling import first_batches, fresh_model
+from checks.measure.sampling import first_batches, fresh_model
 from recipe.config import MIN_CHECK_STEPS
 from recipe.pipeline import Pipeline
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from checks.result import Verdict
+from checks.engine.result import Verdict
 from recipe.errors import RecipeError
 
 THRESHOLD_SHARE = 0.01  # a move must also exceed 1% of the check's threshold
 TIMINGS = ("total_s", "data_load_s", "checks_s", "training_s")
-MONITOR_STAGE = "training"  # the stage of the training monitors (checks/monitor_checks.py)
+MONITOR_STAGE = "training"  # the stage of the training monitors (checks/training/monitor_checks.py)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The one place that draws: `render_png(Figure) -> bytes` for each Figure kind in checks/result.py.
+"""The one place that draws: `render_png(Figure) -> bytes` for each Figure kind in checks/engine/result.py.
 
 Uses matplotlib's object API on the Agg canvas (no pyplot): no global figure registry, nothing to
 close, no display needed. Figures are small on purpose (dpi 80, a few inches wide) so a report
@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
-from checks.result import Figure  # noqa: E402
+from checks.engine.result import Figure  # noqa: E402
 
 DPI = 80
 WIDTH_IN = 6.4        # 512 px at DPI 80: fits the report column without scaling

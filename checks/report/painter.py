@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import Any, Mapping
 
-from checks.result import Figure
+from checks.engine.result import Figure
 
 
 def draw_entry(figure: Figure) -> dict[str, Any]:

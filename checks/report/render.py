@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Mapping
 import jinja2
 
 from checks.report import sections
-from checks.result import CheckResult, Figure, worst
+from checks.engine.result import CheckResult, Figure, worst
 from recipe.errors import RecipeError
 from recipe.files import atomic_write_text
 
@@ -59,7 +59,7 @@ SYMBOLS = {"PASS": "✓", "WARN": "⚠", "FAIL": "✗", "ERROR": "✗", "SKIP": 
 # ---------------------------------------------------------------- building the record
 
 def command_line() -> str:
-    """The command as typed (sys.argv), shell-quoted: `recipe run ...` or `python -m recipe.cli run ...`."""
+    """The command as typed (sys.argv), shell-quoted: `recipe run ...` or `python -m checks.cli run ...`."""
     argv = list(sys.argv) or ["python"]
     original = list(getattr(sys, "orig_argv", []))
     if "-m" in original[:-1]:  # `python -m pkg.mod`: argv[0] is the module's file path, which nobody typed

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from checks.report.sections import ACCURACY_CURVE, ANCHORS, CONFUSION, LOSS_CURVES, MISTAKES, SHIFTS, TEMPLATES
-from checks.result import CheckResult, Figure
+from checks.engine.result import CheckResult, Figure
 from recipe.data import unit_pixels
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def training_summary(pipeline: "Pipeline", fit_result: "FitResult", evaluation: 
                      monitor_log: "MonitorLog | None" = None) -> tuple[dict[str, Any], list[Figure]]:
     """The "training" block of results.json and the figures of the report's training section.
 
-    `monitors` are the judged training monitors (checks/monitor_checks.py), `monitor_log` what they
+    `monitors` are the judged training monitors (checks/training/monitor_checks.py), `monitor_log` what they
     judged; None when the run was not watched (`--no-monitors`)."""
     names = list(pipeline.data.class_names)
     history = [dict(row) for row in fit_result.history]
@@ -87,7 +87,7 @@ def training_summary(pipeline: "Pipeline", fit_result: "FitResult", evaluation: 
         summary["monitoring"] = _monitoring(monitor_log)
         figures += [f for m in monitors for f in m.figures]
     if getattr(fit_result, "distributed", None) is not None:  # several processes trained: how, and the rank checks
-        from checks.distributed_checks import distributed_block
+        from checks.training.distributed_checks import distributed_block
 
         summary["distributed"] = distributed_block(fit_result.distributed)
     return summary, figures

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from checks.result import CheckResult, Figure, measured, not_applicable
-from checks.sampling import denormalise, generator, stacked
+from checks.engine.result import CheckResult, Figure, measured, not_applicable
+from checks.measure.sampling import denormalise, generator, stacked
 from recipe.pipeline import Pipeline
 
 STAGE = "skeleton"

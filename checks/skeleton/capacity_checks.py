@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from checks.result import CheckResult, Verdict, not_applicable
-from checks.sampling import first_batches, fresh_model, output_family
+from checks.engine.result import CheckResult, Verdict, not_applicable
+from checks.measure.sampling import first_batches, fresh_model, output_family
 from recipe.outputs import forward_logits
 
 STAGE = "skeleton"

@@ -16,8 +16,8 @@ import math
 import torch
 from torch import nn
 
-from checks.result import CheckResult, Verdict
-from checks.sampling import PlannedSchedule, first_batches, fresh_model
+from checks.engine.result import CheckResult, Verdict
+from checks.measure.sampling import PlannedSchedule, first_batches, fresh_model
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects

@@ -8,8 +8,8 @@ import math
 
 import torch
 
-from checks.result import CheckResult, Figure, Verdict, holds, not_applicable
-from checks.sampling import capture_model_input, denormalise, first_batches, generator
+from checks.engine.result import CheckResult, Figure, Verdict, holds, not_applicable
+from checks.measure.sampling import capture_model_input, denormalise, first_batches, generator
 from recipe.data import unit_pixels
 from recipe.pipeline import Pipeline
 

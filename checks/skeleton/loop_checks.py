@@ -11,8 +11,8 @@ import warnings
 
 import torch
 
-from checks.result import CheckResult, Figure, Verdict
-from checks.sampling import fresh_model, planned_lr_curve
+from checks.engine.result import CheckResult, Figure, Verdict
+from checks.measure.sampling import fresh_model, planned_lr_curve
 from recipe.optim import describe_optimizer, describe_scheduler
 from recipe.pipeline import Pipeline
 from recipe.train import StepContractError, fit, step_scheduler, training_objects

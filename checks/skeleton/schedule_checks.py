@@ -16,8 +16,8 @@ import re
 
 import torch
 
-from checks.result import CheckResult, Verdict, measured, not_applicable
-from checks.sampling import PlannedLr, planned_lr_curve
+from checks.engine.result import CheckResult, Verdict, measured, not_applicable
+from checks.measure.sampling import PlannedLr, planned_lr_curve
 from recipe.pipeline import Pipeline
 
 STAGE = "skeleton"

@@ -7,9 +7,9 @@ import math
 import torch
 from torch import nn
 
-from checks.result import CheckResult, Figure, Verdict, measured
-from checks.reference_run import reference_run
-from checks.sampling import first_batches, fresh_model, short_training
+from checks.engine.result import CheckResult, Figure, Verdict, measured
+from checks.measure.reference_run import reference_run
+from checks.measure.sampling import first_batches, fresh_model, short_training
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 

@@ -21,9 +21,9 @@ import torch.nn.utils as nn_utils
 import torch.nn.utils.clip_grad as clip_grad_module
 from torch import nn
 
-from checks.reference_run import reference_run
-from checks.result import CheckResult, Verdict, not_applicable
-from checks.sampling import first_batches, fresh_model
+from checks.measure.reference_run import reference_run
+from checks.engine.result import CheckResult, Verdict, not_applicable
+from checks.measure.sampling import first_batches, fresh_model
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects
 

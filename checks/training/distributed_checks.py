@@ -19,8 +19,8 @@ says why. `judge_ranks(record)` runs them all; `distributed_block` is what resul
 """
 from __future__ import annotations
 
-from checks.result import CheckResult, Verdict, measured, not_applicable
-from checks.runner import run_check
+from checks.engine.result import CheckResult, Verdict, measured, not_applicable
+from checks.engine.runner import run_check
 
 STAGE = "distributed"
 BUILT = "built by make_model"  # recipe.ranks.BUILT: the weights before DDP broadcast rank 0's

@@ -1,7 +1,7 @@
 """The per-layer training monitors: gradient norms, update/weight ratios and dead units.
 
 Each judges what `recipe/monitors.py` sampled every `every` steps, layer by layer, with medians
-over windows of samples so that one odd batch does not decide a verdict. `checks/monitor_checks.py`
+over windows of samples so that one odd batch does not decide a verdict. `checks/training/monitor_checks.py`
 runs them with the loss and epoch monitors.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 import statistics
 from typing import Callable
 
-from checks.result import CheckResult, Figure, measured, not_applicable
+from checks.engine.result import CheckResult, Figure, measured, not_applicable
 from recipe.monitors import MonitorLog
 
 STAGE = "training"     # the stage of every training monitor

@@ -14,10 +14,10 @@ from typing import Callable
 
 import torch
 
-from checks.layer_monitors import (MAX_SERIES, STAGE, dead_units, exploding_gradients, largest_update_ratio,
+from checks.training.layer_monitors import (MAX_SERIES, STAGE, dead_units, exploding_gradients, largest_update_ratio,
                                    smallest_update_ratio, update_ratio_spread, vanishing_gradients)
-from checks.result import CheckResult, Figure, Verdict, measured, not_applicable
-from checks.runner import run_check
+from checks.engine.result import CheckResult, Figure, Verdict, measured, not_applicable
+from checks.engine.runner import run_check
 from recipe.monitors import MonitorLog
 
 MAX_POINTS = 2000  # points per drawn step series

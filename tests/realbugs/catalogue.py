@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from checks import run_all
-from checks.result import CheckResult, Verdict
+from checks.engine.result import CheckResult, Verdict
 from recipe.config import TrainConfig
 from recipe.data import DataBundle, load_data
 from recipe.pipeline import Pipeline

@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 import torch
 
 from checks import run_all
-from checks.result import CheckResult, Verdict
+from checks.engine.result import CheckResult, Verdict
 from tests.zoo.bugs import (MISSING_CLASS, BatchMixingLinear, DetachedLinear, LogSoftmaxLinear, class_missing_from_train,
     eval_images_mirrored, frozen_weights, horizontal_flip, init_100x, inputs_normalised_twice,
     inputs_not_normalised, label_in_pixel, labels_off_by_one, labels_permuted_in_dataset, labels_shuffled_apart,
