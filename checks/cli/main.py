@@ -298,6 +298,7 @@ def train_and_report(args: argparse.Namespace, pipeline, preflight, forced: bool
 
     What finished is kept: if training is interrupted or crashes, the report still holds the preflight
     and whatever epochs ran (with the last checkpoint), and says training stopped."""
+    from checks.training.distributed_checks import distributed_block
     from checks.training.monitor_checks import judge_training
     from checks.engine.preflight import write_run_report
     from checks.report.training import training_summary
@@ -322,7 +323,8 @@ def train_and_report(args: argparse.Namespace, pipeline, preflight, forced: bool
             result, evaluation = _stopped(result, err, run.path), Evaluation()
         training_s = time.perf_counter() - started
         monitors = judge_training(monitor.log) if monitor is not None else None  # what the run showed
-        summary = training_summary(pipeline, result, evaluation, monitors, monitor.log if monitor else None)
+        ranks = distributed_block(result.distributed) if getattr(result, "distributed", None) is not None else None
+        summary = training_summary(pipeline, result, evaluation, monitors, monitor.log if monitor else None, ranks)
         timings = _timings(args, checks_s=preflight.checks_s, training_s=training_s)
         with finish_before_ctrl_c():
             write_run_report(run.path, preflight, pipeline, timings, summary, forced, reused_figures,

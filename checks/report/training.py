@@ -55,11 +55,14 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
 
 def training_summary(pipeline: "Pipeline", fit_result: "FitResult", evaluation: "Evaluation",
                      monitors: list[CheckResult] | None = None,
-                     monitor_log: "MonitorLog | None" = None) -> tuple[dict[str, Any], list[Figure]]:
+                     monitor_log: "MonitorLog | None" = None,
+                     distributed: dict | None = None) -> tuple[dict[str, Any], list[Figure]]:
     """The "training" block of results.json and the figures of the report's training section.
 
     `monitors` are the judged training monitors (checks/training/monitor_checks.py), `monitor_log` what they
-    judged; None when the run was not watched (`--no-monitors`)."""
+    judged; None when the run was not watched (`--no-monitors`). `distributed` is the judged rank record
+    (checks/training/distributed_checks.py:distributed_block) when several processes trained, else None:
+    judged by the caller, as the monitors are, so the report imports no check."""
     names = list(pipeline.data.class_names)
     history = [dict(row) for row in fit_result.history]
     n_val = len(pipeline.data.val)
@@ -86,10 +89,8 @@ def training_summary(pipeline: "Pipeline", fit_result: "FitResult", evaluation: 
         summary["monitors"] = [dict(m.to_json(), figures=[f.title for f in m.figures]) for m in monitors]
         summary["monitoring"] = _monitoring(monitor_log)
         figures += [f for m in monitors for f in m.figures]
-    if getattr(fit_result, "distributed", None) is not None:  # several processes trained: how, and the rank checks
-        from checks.training.distributed_checks import distributed_block
-
-        summary["distributed"] = distributed_block(fit_result.distributed)
+    if distributed is not None:  # several processes trained: how, and the rank checks
+        summary["distributed"] = distributed
     return summary, figures
 
 
