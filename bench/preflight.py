@@ -22,7 +22,7 @@ def check_available() -> bool:
     """Whether `recipe` has a `check` subcommand yet."""
     import argparse
 
-    from checks.cli.main import build_parser
+    from checks.cli.parser import build_parser
 
     return any(isinstance(action, argparse._SubParsersAction) and "check" in action.choices
                for action in build_parser()._actions)

@@ -16,7 +16,8 @@ from importlib.metadata import entry_points
 import pytest
 
 from checks.engine.registry import CHECKS, CHECKS_BY_STAGE
-from checks.cli.main import load_pipeline, main
+from checks.cli.loading import load_pipeline
+from checks.cli.main import main
 from checks.cli.parser import SUMMARIES, build_parser
 from tests.conftest import PYTHON, subprocess_env
 

@@ -5,3 +5,10 @@ serves them from a warm process), `main` dispatching to them, and `parser`, the 
 imports no torch so that `recipe --help` answers at once. Nothing in recipe/ or the rest of checks/
 imports this package.
 """
+from __future__ import annotations
+
+# The exit codes of every command.
+EXIT_OK = 0             # all passed (WARN allowed), or trained
+EXIT_FAILED = 1         # a check FAILed/ERRORed, a training monitor FAILed, or training stopped; `diff`: a verdict got worse
+EXIT_USAGE = 2          # a usage or data error
+EXIT_INTERRUPTED = 130  # Ctrl-C

@@ -10,7 +10,7 @@ import socket
 import sys
 from typing import Callable
 
-from checks.cli import main as cli
+from checks.cli import clock, main as cli
 from recipe import warm
 
 
@@ -107,7 +107,7 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int], run: Callable
 
 def run_forked(argv: list[str], started: float) -> int:
     """One command in a fork of the warm process, timed from its client's start."""
-    cli.warm_start(started)
+    clock.warm_start(started)
     return cli.main(argv)
 
 
