@@ -6,7 +6,8 @@ Rewrites, from MODULES below: `from checks.X import ...`, `import checks.X`, `ch
 (mock.patch / monkeypatch targets, `-m` arguments, import_module names), `from checks import X_checks`
 (split over several lines when the names moved to different folders), paths such as `checks/X.py`
 in docs and comments, and `python -m recipe` / `python -m recipe.cli` (now `python -m checks.cli`).
-`from checks.cli.main import NAME` is sent to the module that holds NAME after the CLI split (NAMES).
+`from checks.cli.main import NAME` (and checks.report.render) is sent to the module that holds NAME
+after the split (NAMES).
 Running it twice changes nothing.
 """
 from __future__ import annotations
@@ -26,22 +27,26 @@ MODULES = {f"checks.{name}": f"checks.{folder}.{name}" for folder, names in STAG
 MODULES.update({"recipe.cli": "checks.cli.main", "recipe.cli_parser": "checks.cli.parser",
                 "recipe.warm_server": "checks.cli.warm_server", "recipe.__main__": "checks.cli.__main__"})
 PATHS = {old.replace(".", "/") + ".py": new.replace(".", "/") + ".py" for old, new in MODULES.items()}
-# After the CLI split: which module of checks/cli/ holds each name that recipe/cli.py held.
-NAMES = {name: "checks.cli.clock" for name in ("STARTED", "warm_start", "since")}
-NAMES.update({name: "checks.cli.loading" for name in ("config_from_args", "load_pipeline", "say")})
-NAMES.update({name: "checks.cli.check" for name in ("cmd_check", "run_checks", "Progress", "write_checks_only",
-                                                      "INDEX_NAME")})
-NAMES.update({name: "checks.cli.train" for name in ("cmd_run", "cmd_train", "train_and_report", "report_training")})
-NAMES.update({name: "checks.cli.report" for name in ("cmd_report", "cmd_diff")})
-NAMES.update({name: "checks.cli" for name in ("EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED")})
-NAMES.update({name: "checks.cli.parser" for name in ("build_parser", "suggest_flags")})
+# Names that left a module when it was split: {old module: {name: new module}}.
+CLI = {"STARTED": "clock", "warm_start": "clock", "since": "clock", "config_from_args": "loading",
+       "load_pipeline": "loading", "say": "loading", "cmd_check": "check", "run_checks": "check", "Progress": "check",
+       "write_checks_only": "check", "INDEX_NAME": "check", "cmd_run": "train", "cmd_train": "train",
+       "train_and_report": "train", "report_training": "train", "cmd_report": "report", "cmd_diff": "report",
+       "build_parser": "parser", "suggest_flags": "parser"}
+NAMES = {"checks.cli.main": {name: f"checks.cli.{module}" for name, module in CLI.items()},
+         "checks.report.render": {name: "checks.report.record" for name in (
+             "SCHEMA_VERSION", "REQUIRED_KEYS", "command_line", "git_commit", "environment_info", "data_info",
+             "build_record", "figures_of", "read_record", "to_jsonable")}}
+NAMES["checks.cli.main"].update({name: "checks.cli" for name in ("EXIT_OK", "EXIT_FAILED", "EXIT_USAGE",
+                                                                  "EXIT_INTERRUPTED")})
 
 _DOTTED = re.compile(r"(?<![\w.])(" + "|".join(re.escape(m) for m in sorted(MODULES, key=len, reverse=True))
                      + r")(?![\w])")
 _PATH = re.compile(r"(?<![\w/.])(" + "|".join(re.escape(p) for p in sorted(PATHS, key=len, reverse=True)) + r")")
 _FROM_PACKAGE = re.compile(r"^(?P<indent>[ \t]*)from (?P<package>checks|recipe) import (?P<names>[\w ,]+?)[ \t]*$",
                            re.M)
-_FROM_MAIN = re.compile(r"^(?P<indent>[ \t]*)from checks\.cli\.main import (?P<names>[\w ,]+?)[ \t]*$", re.M)
+_FROM_SPLIT = re.compile(r"^(?P<indent>[ \t]*)from (?P<module>" + "|".join(map(re.escape, NAMES))
+                         + r") import (?P<names>[\w ,]+?)[ \t]*$", re.M)
 _RUN_MODULE = re.compile(r"(-m\s+|\"-m\",\s*\"|'-m',\s*')recipe(\.cli)?(?![\w.])")
 
 
@@ -77,8 +82,8 @@ def rewrite(text: str, cli_split: bool = True) -> str:
     text = _PATH.sub(lambda m: PATHS[m[1]], text)
     if not cli_split:
         return text
-    return _FROM_MAIN.sub(lambda m: _split_from(m["indent"], m["names"],
-                                                lambda n: (NAMES.get(n, "checks.cli.main"), n)), text)
+    return _FROM_SPLIT.sub(lambda m: _split_from(m["indent"], m["names"],
+                                                 lambda n: (NAMES[m["module"]].get(n, m["module"]), n)), text)
 
 
 def main(paths: list[str]) -> int:

@@ -224,7 +224,8 @@ def test_a_pipeline_with_its_own_data_prints_its_own_description(tmp_path, capsy
 
 NO_TORCH = textwrap.dedent("""
     import sys
-    from checks.report.render import build_record, write_report
+    from checks.report.record import build_record
+    from checks.report.render import write_report
     from checks.cli.main import main
 
     record = build_record([], pipeline_name="p", pipeline_spec="p:build", data=None, config=None,

@@ -15,7 +15,8 @@ import torch
 
 from checks.report import render, sections
 from checks.report.figures import render_png
-from checks.report.render import build_record, environment_info, figures_of, rerender, write_report
+from checks.report.record import build_record, environment_info, figures_of
+from checks.report.render import rerender, write_report
 from recipe.evaluate import evaluate_trained, shift_image
 from checks.report.training import training_summary, wilson_interval
 from checks.engine.result import CheckResult, Figure, Verdict

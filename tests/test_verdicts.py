@@ -8,7 +8,8 @@ import pytest
 
 import checks
 from checks.skeleton.augmentation_checks import augmentation_consistency
-from checks.report.render import SYMBOLS, build_record, environment_info, render_html
+from checks.report.render import SYMBOLS, render_html
+from checks.report.record import build_record, environment_info
 from checks.engine.result import CheckResult, Verdict, holds, measured, worst
 from recipe.config import TrainConfig
 from recipe.pipeline import default_pipeline

@@ -12,7 +12,7 @@ from recipe.errors import RecipeError
 def cmd_diff(args: argparse.Namespace) -> int:
     """Exit 0 when no verdict got worse from RUN_A to RUN_B, 1 when one did: usable as a CI gate."""
     from checks.report.diff import compare, format_diff, resolve_run
-    from checks.report.render import read_record
+    from checks.report.record import read_record
 
     report_dir = Path(args.report_dir)
     a_dir, b_dir = resolve_run(args.run_a, report_dir), resolve_run(args.run_b, report_dir)

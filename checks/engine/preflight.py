@@ -73,7 +73,8 @@ def write_run_report(run_dir: Path, preflight: Preflight, pipeline, timings: dic
     `reused_figures`: the stored check figures of the earlier preflight a train run relied on;
     `drawn` and `clock`: see `checks.report.render.write_report`; `previous`: the folder and record of
     the previous complete preflight of this pipeline, compared with this run on the page."""
-    from checks.report.render import build_record, environment_info, figures_of, write_report
+    from checks.report.record import build_record, environment_info, figures_of
+    from checks.report.render import write_report
 
     summary, training_figures = training if training is not None else (None, None)
     record = build_record(preflight.results, pipeline_name=pipeline.name, pipeline_spec=preflight.spec,
@@ -83,7 +84,7 @@ def write_run_report(run_dir: Path, preflight: Preflight, pipeline, timings: dic
                           preflight=preflight.block())
     if previous is not None:
         from checks.report.diff import comparison_block
-        from checks.report.render import to_jsonable
+        from checks.report.record import to_jsonable
 
         record["compared_with"] = comparison_block(previous[0], previous[1], to_jsonable(record))
     return write_report(run_dir, record, figures_of(preflight.results, training_figures), reused_figures,
