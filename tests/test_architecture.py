@@ -1,6 +1,13 @@
-"""The dependency rule, checked on the source: recipe/ never imports checks/, the zoo is not shipped
-in checks/, and no module of recipe/ or checks/ is part of an import cycle (imports inside
-functions included: a lazy import is still a dependency)."""
+"""The dependency rule, checked on the source (imports inside functions included: a lazy import is
+still a dependency). Folders layer one way: the library recipe/, then the harness checks/, then the
+command line checks/cli/ on top:
+
+- recipe/ never imports checks/;
+- the engine (checks/engine/) reaches the stage folders only through its registry;
+- the report (checks/report/) imports no stage folder and no measurement code: it runs no model;
+- nothing in recipe/ or the rest of checks/ imports the command line (checks/cli/);
+- no module of recipe/ or checks/ is part of an import cycle;
+- no module is over MAX_LINES lines; the zoo is not shipped in checks/."""
 from __future__ import annotations
 
 import ast
@@ -10,6 +17,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("recipe", "checks")
+STAGES = ("checks.data", "checks.skeleton", "checks.baselines", "checks.training")  # one folder per stage
+MEASURE = "checks.measure"  # the measurement code the checks share (it trains short runs)
+CLI = "checks.cli"
+PYTEST_SHIM = ("conftest.py", "test_preflight.py", "pytest_plugin.py")
+MAX_LINES = 320  # modules read top to bottom in one pass (docs/STYLE: about 300 lines)
+# Over MAX_LINES for now, each with its reason; remove a line once the module is split.
+TOO_LONG_FOR_NOW = {
+    "checks/data/data_checks.py": "326 lines; being edited on main (data checks per data kind): split after it lands",
+    "checks/baselines/baseline_checks.py": "about 347 lines on main, being edited there now: split after it lands",
+}
 
 
 def module_name(path: Path) -> str:
@@ -41,10 +58,52 @@ def graph() -> dict[str, set[str]]:
     return {name: imports_of(path, known) - {name} for name, path in files.items()}
 
 
+def within(module: str, *folders: str) -> bool:
+    return any(module == folder or module.startswith(folder + ".") for folder in folders)
+
+
+def offenders(graph, importer, imported) -> dict[str, list[str]]:
+    """{module: the modules it imports that it must not}, for the modules `importer` selects."""
+    found = {m: sorted(d for d in deps if imported(d)) for m, deps in graph.items() if importer(m)}
+    return {m: deps for m, deps in found.items() if deps}
+
+
 def test_recipe_never_imports_checks(graph):
-    offenders = {m: sorted(d for d in deps if d.startswith("checks")) for m, deps in graph.items()
-                 if m.startswith("recipe") and m != "checks.cli.main" and any(d.startswith("checks") for d in deps)}
-    assert offenders == {}  # checks.cli.main is the composition root: the one module that knows every part
+    assert offenders(graph, lambda m: within(m, "recipe"), lambda d: within(d, "checks")) == {}
+
+
+def test_the_engine_reaches_the_stages_only_through_the_registry(graph):
+    engine = lambda m: within(m, "checks.engine") and m != "checks.engine.registry"  # noqa: E731
+    assert offenders(graph, engine, lambda d: within(d, *STAGES)) == {}
+
+
+def test_the_report_runs_no_model(graph):
+    """It turns results into files: it imports no check and no code that trains (the measurements)."""
+    assert offenders(graph, lambda m: within(m, "checks.report"), lambda d: within(d, *STAGES, MEASURE)) == {}
+
+
+def test_the_command_line_is_on_top(graph):
+    """checks/cli/ is the composition root: it imports every part, and no part imports it."""
+    assert offenders(graph, lambda m: not within(m, CLI), lambda d: within(d, CLI)) == {}
+    everything = set().union(*(graph[m] for m in graph if within(m, CLI)))
+    assert {"checks.engine.preflight", "checks.engine.gate", "checks.report.render", "recipe.train"} <= everything
+
+
+def test_checks_top_level_holds_only_the_pytest_shim():
+    """Checks go in a stage folder, the rest in engine/, measure/, report/ or cli/: nothing loose."""
+    loose = {p.name for p in (REPO / "checks").glob("*.py")} - {"__init__.py", *PYTEST_SHIM}
+    assert loose == set()
+    assert {"data", "skeleton", "baselines", "training", "engine", "measure", "report", "cli"} <= {
+        p.name for p in (REPO / "checks").iterdir() if (p / "__init__.py").is_file()}
+
+
+def test_no_module_is_over_max_lines():
+    lengths = {str(p.relative_to(REPO)): len(p.read_text().splitlines())
+               for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+    too_long = {path: n for path, n in lengths.items() if n > MAX_LINES and path not in TOO_LONG_FOR_NOW}
+    assert too_long == {}
+    no_longer = [path for path in TOO_LONG_FOR_NOW if lengths.get(path, 0) <= MAX_LINES]
+    assert no_longer == [], "split: take these off TOO_LONG_FOR_NOW"
 
 
 def test_no_import_cycles(graph):
