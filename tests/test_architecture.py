@@ -24,8 +24,10 @@ PYTEST_SHIM = ("conftest.py", "test_preflight.py", "pytest_plugin.py")
 MAX_LINES = 320  # modules read top to bottom in one pass (docs/STYLE: about 300 lines)
 # Over MAX_LINES for now, each with its reason; remove a line once the module is split.
 TOO_LONG_FOR_NOW = {
-    "checks/data/data_checks.py": "326 lines; being edited on main (data checks per data kind): split after it lands",
-    "checks/baselines/baseline_checks.py": "about 347 lines on main, being edited there now: split after it lands",
+    # Check modules are being edited on main while checks/ is laid out; splitting them here would
+    # fight those edits at merge time. Split each once the edits have landed.
+    "checks/data/data_checks.py": "326 lines, over the limit before the layout change",
+    "checks/baselines/baseline_checks.py": "347 lines, grown by the baselines work on main (issue #21 item 3)",
 }
 
 
