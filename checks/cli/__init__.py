@@ -9,6 +9,6 @@ from __future__ import annotations
 
 # The exit codes of every command.
 EXIT_OK = 0             # all passed (WARN allowed), or trained
-EXIT_FAILED = 1         # a check FAILed/ERRORed, a training monitor FAILed, or training stopped; `diff`: a verdict got worse
+EXIT_FAILED = 1         # a check or training monitor FAILed/ERRORed, training stopped; `diff`: a verdict got worse
 EXIT_USAGE = 2          # a usage or data error
 EXIT_INTERRUPTED = 130  # Ctrl-C
