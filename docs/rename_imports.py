@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-STAGES = {"data": ["data_checks", "split_checks", "label_checks", "shift_checks"],
+STAGES = {"data": ["data_checks", "split_checks", "label_checks", "shift_checks", "label_figures"],
           "skeleton": ["loop_checks", "schedule_checks", "skeleton_checks", "loader_checks", "augmentation_checks",
                        "gradient_checks", "step_checks", "capacity_checks"],
           "baselines": ["baseline_checks", "plan_checks"],

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from checks.label_figures import class_figures, confusion_figure, disagreements_figure, per_class_figure
+from checks.data.label_figures import class_figures, confusion_figure, disagreements_figure, per_class_figure
 from checks.measure.label_probe import flipped, held_out_probe, unseen, z_score
 from checks.engine.result import CheckResult, Verdict, measured, not_applicable
 from recipe.data import Split
