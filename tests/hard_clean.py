@@ -95,7 +95,7 @@ def _shapes(source: str, counts: list[int], seed: int, size: int = 32, clutter: 
 
 
 def random_shapes(seed: int = 0) -> DataBundle:
-    """The README's make_shapes.py, four classes of 450: a shape anywhere, any size and colour, on noise."""
+    """docs/usage.md's make_shapes.py, four classes of 450: a shape anywhere, any size and colour, on noise."""
     return _shapes("random-shapes", [450] * 4, seed)
 
 

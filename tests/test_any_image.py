@@ -22,7 +22,7 @@ from recipe.errors import DataError
 from recipe.pipeline import default_pipeline, mlp_pipeline
 from tests.synthetic import write_cifar10, write_image_folder
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"  # its "Your own images" walkthroughs
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +129,11 @@ def test_bad_folders_are_one_line_and_exit_2(tmp_path, capsys, kind):
 def test_the_readme_folder_walkthrough_passes_and_shows_colour(tmp_path, monkeypatch, capsys):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    section = README.read_text().split("## Your own images", 1)[1]
+    section = USAGE.read_text().split("## Your own images", 1)[1]
     maker = re.search(r"```python\n(# make_shapes.py.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(maker, "make_shapes.py", "exec"), {"__name__": "__main__"})
-    # the README's own command (10 epochs): 2 epochs of 8 batches is too short a run for run_length
+    # the walkthrough's own command (10 epochs): 2 epochs of 8 batches is too short a run for run_length
     assert main(["run", "--data", "folder", "--data-dir", "shapes", "--quiet"]) == 0, \
         capsys.readouterr().err
     run_dir = (tmp_path / "reports" / "latest").resolve()
@@ -171,7 +171,7 @@ def test_the_readme_folder_walkthrough_passes_and_shows_colour(tmp_path, monkeyp
 # ---------------------------------------------------------------- the user's own Datasets
 
 def _readme_cifar_example() -> str:
-    section = README.read_text().split("## Your own images", 1)[1]
+    section = USAGE.read_text().split("## Your own images", 1)[1]
     return re.search(r"```python\n(# cifar_cnn.py.*?)```", section, re.S).group(1)
 
 

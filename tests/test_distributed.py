@@ -234,10 +234,10 @@ def test_python_m_recipe_is_the_command():
     assert done.returncode == 0 and "--nproc" in done.stdout
 
 
-def test_the_readme_lists_every_rank_check_in_order():
+def test_the_usage_page_lists_every_rank_check_in_order():
     from checks.training.distributed_checks import RANK_CHECKS
 
-    section = (REPO_ROOT / "README.md").read_text().split("## Training on several processes", 1)[1].split("\n## ", 1)[0]
+    section = (REPO_ROOT / "docs" / "usage.md").read_text().split("## Training on several processes", 1)[1].split("\n## ", 1)[0]
     table = section.split("| rank check |", 1)[1].split("\n\n", 1)[0]
     rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")]
     assert rows == [check.__name__ for check in RANK_CHECKS]

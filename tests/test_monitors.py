@@ -335,11 +335,11 @@ def test_no_monitors_leaves_them_out(cli_run, sample_raw, monkeypatch):
     assert "monitors" not in training and "train_accuracy" not in training["epochs"][0]
 
 
-def test_the_readme_lists_every_monitor_in_order():
+def test_the_usage_page_lists_every_monitor_in_order():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Watching the training run", 1)[1].split("\n## ", 1)[0]
+    usage = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    section = usage.split("## Watching the training run", 1)[1].split("\n## ", 1)[0]
     assert [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")] == \
         [m.__name__ for m in MONITORS]
 

@@ -5,7 +5,7 @@ gate off) on `sample` (1x28x28) and on the colour digits (3x32x32).
 The whole matrix (8 models x 2 data sets x seeds 0..4) is about an hour of one CPU core: resnet18 alone
 takes minutes a preflight. CI (2 cores, 15 minutes for the whole suite) runs the seed-0 `sample` row of
 the four cheapest models, the residual BatchNorm CNN among them (about 2 CPU-minutes, marked slow but
-the LSTM); RECIPE_REAL_MODEL_MATRIX=1 runs all of it (the measured table is in the README).
+the LSTM); RECIPE_REAL_MODEL_MATRIX=1 runs all of it (what was measured is in docs/matrices.md).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The real-bug track (tests/realbugs): the catalogue is well-formed, every pair's two versions really
-differ, and (slow) the measured recall and false-FAIL rate are the ones the README states."""
+differ, and (slow) the measured recall and false-FAIL rate are the ones docs/realbugs.md states."""
 from __future__ import annotations
 
 import inspect
@@ -16,7 +16,7 @@ from recipe.optim import describe_optimizer, describe_scheduler
 from recipe.train import take_step, training_objects
 from tests.realbugs.catalogue import REAL_BUGS, SOURCE_KINDS, run_track, summary
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TRACK_PAGE = Path(__file__).resolve().parents[1] / "docs" / "realbugs.md"
 HOSTS = {"github-issue": "github.com", "github-pr": "github.com", "stackoverflow": "stackoverflow.com",
          "pytorch-forum": "discuss.pytorch.org"}
 PATHS = {"github-issue": r"^/[\w.-]+/[\w.-]+/issues/\d+$", "github-pr": r"^/[\w.-]+/[\w.-]+/pull/\d+$",
@@ -106,24 +106,22 @@ def test_the_buggy_and_fixed_versions_really_differ(bug, sample_data):
     assert [k for k in buggy if buggy[k] != fixed[k]], f"{bug.name}: the two pipelines build and train identically"
 
 
-# ---------------------------------------------------------------- the README states the measured numbers
+# ---------------------------------------------------------------- docs/realbugs.md states the measured numbers
 
 def readme_track() -> tuple[dict[str, tuple[int, int]], dict[str, tuple[bool, bool]]]:
-    """({"recall": (caught, pairs), "false_fail": (n, pairs)}, {pair: (caught, false FAIL)}) from the README."""
-    text = README.read_text()
-    assert "## The real-bug track" in text, "the README has no '## The real-bug track' section"
-    section = text.split("## The real-bug track", 1)[1].split("\n## ", 1)[0]
+    """({"recall": (caught, pairs), "false_fail": (n, pairs)}, {pair: (caught, false FAIL)}) from docs/realbugs.md."""
+    section = TRACK_PAGE.read_text()
     figures = {}
     for key, label in (("recall", "recall on buggy versions"), ("false_fail", "false-FAIL rate on fixed versions")):
         found = re.search(rf"{label}: (\d+)/(\d+)", section)
-        assert found, f"the README's real-bug section does not state '{label}: n/N'"
+        assert found, f"docs/realbugs.md does not state '{label}: n/N'"
         figures[key] = (int(found.group(1)), int(found.group(2)))
     table = {name: (caught == "yes", false_fail == "yes") for name, caught, false_fail in
              re.findall(r"^\| `(\w+)` \| [^|]+ \| \**(yes|no)\** \| \**(yes|no)\** \|", section, re.M)}
     return figures, table
 
 
-def test_the_readme_lists_every_pair_and_consistent_numbers():
+def test_the_track_page_lists_every_pair_and_consistent_numbers():
     figures, table = readme_track()
     assert sorted(table) == sorted(bug.name for bug in REAL_BUGS)
     assert figures["recall"] == (sum(caught for caught, _ in table.values()), len(REAL_BUGS))
@@ -131,13 +129,13 @@ def test_the_readme_lists_every_pair_and_consistent_numbers():
 
 
 @pytest.mark.slow
-def test_the_measured_track_is_what_the_readme_states(sample_data):
+def test_the_measured_track_is_what_the_track_page_states(sample_data):
     torch.set_num_threads(1)
     figures, table = readme_track()
     rows = run_track(sample_data, seed=0)
     measured = summary(rows)
     per_pair = {row.bug.name: (row.caught, row.false_fail) for row in rows}
     drifted = {name: (table.get(name), flags) for name, flags in per_pair.items() if table.get(name) != flags}
-    assert not drifted, f"README (caught, false FAIL) vs measured: {drifted}"
+    assert not drifted, f"docs/realbugs.md (caught, false FAIL) vs measured: {drifted}"
     assert figures["recall"] == (measured["caught"], measured["pairs"])
     assert figures["false_fail"] == (measured["false_fail"], measured["pairs"])

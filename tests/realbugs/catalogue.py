@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m tests.realbugs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--markdown", action="store_true", help="print the markdown table (for the README)")
+    parser.add_argument("--markdown", action="store_true", help="print the markdown table (for docs/realbugs.md)")
     parser.add_argument("--only", nargs="*", help="run only these pairs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # tiny models: extra intra-op threads only add overhead on a shared 2-core box

@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="sample", choices=DATA_SETS)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--markdown", action="store_true", help="print a markdown table (for the README)")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table (for docs/zoo.md)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the models are "
                         "tiny, and on 2 cores extra threads made the zoo 15x slower)")
     args = parser.parse_args(argv)

@@ -1,0 +1,1 @@
+"""The docs/ generator (docs/generate.py): not part of the installed package."""
