@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from checks.baselines.baseline_checks import _still_falling, input_independent_baseline
+from checks.baselines.baseline_checks import input_independent_baseline
+from checks.baselines.overfit_checks import _still_falling
 from checks.engine.result import Verdict
 from recipe.config import TrainConfig
 from recipe.data import load_data
@@ -78,3 +79,24 @@ def test_a_flat_plateau_is_not_falling():
     """weight_decay_far_too_high: the loss settles at 0.119 within 50 steps and stays there."""
     assert not _still_falling([0.119] * 100, 50, 0.1)
     assert not _still_falling([0.119 + 0.001 * (t % 3) for t in range(100)], 50, 0.1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_a_long_tail_of_classes_is_judged_by_the_loss_too(seed, kind):
+    """With 800 down to 50 images a class and 300 val images, accuracy barely leaves the majority class in
+    a short run and the per-example losses are too spread to decide: a WARN that says so, not a FAIL.
+    Permuted labels on the same data are no PASS here, and the data stage FAILs them (label_signal)."""
+    from tests.hard_clean import labels_permuted, long_tail
+    from tests.zoo.catalogue import CLEAN, clean_pipelines
+
+    data = long_tail(seed)
+    result = _baseline(clean_pipelines(TrainConfig(seed=seed), data)[f"{CLEAN}:{kind}"], seed)
+    assert result.verdict is not Verdict.FAIL, result.message
+    shuffled_pipeline = clean_pipelines(TrainConfig(seed=seed), labels_permuted(data))[f"{CLEAN}:{kind}"]
+    shuffled = _baseline(shuffled_pipeline, seed)
+    assert shuffled.verdict in (Verdict.WARN, Verdict.FAIL), shuffled.message
+    assert "cannot tell" in shuffled.message or shuffled.verdict is Verdict.FAIL
+    from checks.data.label_checks import label_signal
+
+    assert label_signal(shuffled_pipeline).verdict is Verdict.FAIL

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checks.baselines.baseline_checks import overfit_one_batch
+from checks.baselines.overfit_checks import overfit_one_batch
 from checks.skeleton.loader_checks import what_goes_into_the_net
 from checks.engine.result import Verdict
 from checks.skeleton.skeleton_checks import batch_independence, loss_at_init

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from checks.baselines.baseline_checks import overfit_one_batch
+from checks.baselines.overfit_checks import overfit_one_batch
 from checks.baselines.plan_checks import half_way_step, run_length
 from checks.measure.reference_run import reference_run
 from checks.engine.result import Verdict

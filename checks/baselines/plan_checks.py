@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from checks.baselines.baseline_checks import overfit_one_batch
+from checks.baselines.overfit_checks import overfit_one_batch
 from checks.measure.reference_run import reference_run
 from checks.engine.result import CheckResult, Verdict, measured, not_applicable
 from checks.measure.sampling import first_batches

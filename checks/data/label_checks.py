@@ -224,7 +224,7 @@ def label_noise(pipeline: Pipeline, max_noise: float = 0.08, z: float = 3.0, con
             return CheckResult("label_noise", STAGE, Verdict.PASS, low, max_noise, "<=",
                                f"{said}: even this weak probe's confident predictions agree with the labels.",
                                figures=figures, details=details)
-        return CheckResult("label_noise", STAGE, Verdict.WARN, None, None, "",
+        return CheckResult("label_noise", STAGE, Verdict.WARN, kappa, min_kappa, "<",
                            f"{said}. The probe is too weak to tell label noise from a hard task (it would need "
                            f"{min_kappa:.0%} of the way from chance): on hard data it is also wrong where it is most "
                            "confident. Not evidence either way; look at the images it rejects below.",

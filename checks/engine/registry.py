@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from checks.skeleton import augmentation_checks as augmentation
 from checks.baselines import baseline_checks as baselines
+from checks.baselines import overfit_checks as overfit
 from checks.skeleton import capacity_checks as capacity
 from checks.data import data_checks as data
 from checks.skeleton import gradient_checks as gradients
@@ -25,7 +26,7 @@ CHECKS_BY_STAGE = {
                  loader.batch_sampling, augmentation.augmentation_consistency, skeleton.output_sanity,
                  skeleton.eval_determinism, skeleton.loss_at_init, skeleton.batch_independence, gradients.gradient_flow,
                  step.gradient_clipping, capacity.effective_linearity],
-    "baselines": [baselines.input_independent_baseline, baselines.overfit_one_batch,
+    "baselines": [baselines.input_independent_baseline, overfit.overfit_one_batch,
                   baselines.training_loss_decreases, baselines.prediction_dynamics, plan.run_length,
                   step.train_mode_kept],
 }

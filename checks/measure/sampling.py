@@ -203,22 +203,30 @@ def planned_lr_curve(pipeline: Pipeline) -> PlannedLr:
 
 
 @torch.no_grad()
-def accuracy_and_loss(pipeline: Pipeline, model: nn.Module, split: str, max_examples: int = 5000,
-                      zero_inputs: bool = False) -> tuple[float, float]:
-    """Accuracy and cross-entropy (of the logits, whatever the pipeline's loss) on part of a split."""
+def per_example(pipeline: Pipeline, model: nn.Module, split: str, max_examples: int = 5000,
+                zero_inputs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether each example of part of a split is classified right, and its cross-entropy (of the
+    logits, whatever the pipeline's loss), in the split's order: two runs can be compared example by example."""
     was_training = model.training
     model.eval()
-    correct, total_loss, count = 0, 0.0, 0
+    correct, losses, count = [], [], 0
     for batch in pipeline.batches(split, shuffle=False, augment=False):
         x = torch.zeros_like(batch.x) if zero_inputs else batch.x
         logits = forward_logits(model, x)
-        correct += (logits.argmax(1) == batch.y).sum().item()
-        total_loss += nn.functional.cross_entropy(logits.float(), batch.y, reduction="sum").item()
+        correct.append((logits.argmax(1) == batch.y).cpu())
+        losses.append(nn.functional.cross_entropy(logits.float(), batch.y, reduction="none").double().cpu())
         count += len(batch.y)
         if count >= max_examples:
             break
     model.train(was_training)  # as fit's evaluate does: the mode it was given, not train mode
-    return correct / count, total_loss / count
+    return torch.cat(correct), torch.cat(losses)
+
+
+def accuracy_and_loss(pipeline: Pipeline, model: nn.Module, split: str, max_examples: int = 5000,
+                      zero_inputs: bool = False) -> tuple[float, float]:
+    """Accuracy and cross-entropy (of the logits, whatever the pipeline's loss) on part of a split."""
+    correct, losses = per_example(pipeline, model, split, max_examples, zero_inputs)
+    return correct.double().mean().item(), losses.mean().item()
 
 
 FAMILIES = {"logits": lambda z: z, "log-probabilities": lambda z: torch.log_softmax(z, 1),

@@ -175,9 +175,10 @@ ZOO: tuple[Bug, ...] = (
         ("gradient_flow", "overfit_one_batch"), ("clipped",),
         "the clamped loss has zero gradient at init, so no parameter ever changes"),
     Bug("lr_100x_too_high", lr_100x_too_high.__doc__, lr_100x_too_high,
-        ("input_independent_baseline", "training_loss_decreases"), ("too high",),
-        "the loss jumps from ln(C) to ~8 in the first steps, and the over-confident model ends with a worse val "
-        "loss than the zero-input model"),
+        ("training_loss_decreases",), ("too high",),
+        "the loss jumps from ln(C) to ~8 in the first steps. Whether the over-confident model also ends with a "
+        "worse val loss than the zero-input model (input_independent_baseline) is a knife edge that differs "
+        "between CPUs: it did on a 2-core Xeon, not on a 2-core AMD EPYC (val loss 2.219 vs 2.303)"),
     Bug("lr_far_too_low", lr_far_too_low.__doc__, lr_far_too_low,
         ("overfit_one_batch", "training_loss_decreases", "prediction_dynamics"), ("too low",),
         "a small batch cannot be overfit in the allotted steps: the loss plateaus near ln(C), and the "

@@ -1,0 +1,154 @@
+"""Stage `baselines`: "overfit one batch", with the pipeline's own step, optimizer and warm-up."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from checks.engine.result import CheckResult, Figure, Verdict
+from checks.measure.reference_run import shared_per_pipeline
+from checks.measure.sampling import PlannedSchedule, first_batches, fresh_model, has_running_stats, loss_floor, output_family
+from recipe.outputs import forward_logits
+from recipe.pipeline import Pipeline
+from recipe.train import take_step, training_objects
+
+STAGE = "baselines"
+
+
+def _still_falling(excess: list[float], window: int, min_fall: float) -> bool:
+    """The loss's excess over its floor fell by at least `min_fall` (relative) from the previous `window`
+    steps to the last `window` steps, each window read by its lowest value: a model with BatchNorm or Adam
+    on one batch spikes now and then, and one spiked step must not decide that the loss stopped falling."""
+    if len(excess) < 2 * window:
+        return False
+    last, before = min(excess[-window:]), min(excess[-2 * window:-window])
+    return 0 < last < (1 - min_fall) * before
+
+
+@torch.no_grad()
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    predicted = forward_logits(model, x).argmax(1)
+    return (predicted == y).float().mean().item(), predicted
+
+
+@shared_per_pipeline  # run_length reads its step count: one training serves both
+def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int = 300, tolerance: float = 0.05,
+                      extend_window: int = 50, extend_min_fall: float = 0.1,
+                      max_extended_steps: int = 900, settle_window: int = 10) -> CheckResult:
+    """One fixed small batch, augmentation off, the pipeline's own step, optimizer and warm-up (its lr
+    schedule is followed while the lr rises, then held; see `PlannedSchedule`): the loss must come
+    within `tolerance` of the loss's own achievable floor on that batch (`loss_floor`: 0 for
+    cross-entropy, about 0.50 with label smoothing 0.1) and the batch be predicted 100% right, in
+    eval mode, within `max_steps`.
+
+    A slow but healthy optimizer (plain SGD, a small lr) gets more steps, up to `max_extended_steps`,
+    for as long as the loss's excess over the floor keeps falling by `extend_min_fall` from one
+    `extend_window` of steps to the next (each window read by its lowest loss): a plateau is the
+    symptom, not slowness. Real models (BatchNorm, residual blocks, Adam) do not fall smoothly on one
+    batch: a step now and then spikes. So the windows are read by their lowest loss and the run is
+    judged by the lowest loss of its last `settle_window` steps, never by one spiked step. The loss is
+    the one the step returns, in train mode (BatchNorm on the batch's own statistics, which for one
+    fixed batch are the same every step); the accuracy is read in eval mode, and in train mode when
+    only BatchNorm's running statistics lag (then the message says so). A failure tells a loss that is
+    not a cross-entropy (<= 0 before training, no floor, or a minimum that does not classify) from
+    divergence (lr too high) and from a plateau (lr too low, gradients not flowing, regularisation).
+    """
+    batch = first_batches(pipeline, "train", 1)[0]
+    x, y = batch.x[:batch_size], batch.y[:batch_size]
+    model = fresh_model(pipeline)
+    with torch.no_grad():  # a copy in eval mode: no running stats or dropout draws spent on the real model
+        at_init = forward_logits(copy.deepcopy(model).eval(), x)
+    floor, floor_accuracy = loss_floor(pipeline, at_init, y)
+    # Outputs that are already probabilities keep a loss that expects logits off its minimum.
+    logits_floor = loss_floor(pipeline, at_init, y, family="logits")[0] \
+        if at_init.dim() == 2 and output_family(at_init.float()) == "probabilities" else math.nan
+    threshold = max(floor, 0.0) + tolerance
+    broken_loss = floor < -1e-6 or floor_accuracy < 1.0  # no early stop: show where such a loss goes
+    optimizer, scheduler = training_objects(pipeline, model)
+    schedule = PlannedSchedule(pipeline, optimizer, scheduler, warmup_only=True)
+    losses: list[float] = []
+    limit = max_steps
+    while len(losses) < limit:
+        losses.append(float(take_step(pipeline, model, optimizer, x, y)))
+        schedule.after_step(len(losses))
+        if not math.isfinite(losses[-1]) or (losses[-1] <= threshold and not broken_loss) or losses[0] <= 0:
+            break
+        if len(losses) == limit and limit < max_extended_steps and \
+                _still_falling([v - floor for v in losses], extend_window, extend_min_fall):
+            limit += extend_window
+    model.eval()
+    accuracy, predicted = _accuracy(model, x, y)
+    train_mode_accuracy = accuracy
+    if accuracy < 1.0 and has_running_stats(model):  # batch statistics, as the steps saw them
+        train_mode_accuracy, _ = _accuracy(copy.deepcopy(model).train(), x, y)
+    first = losses[0]
+    # The lowest loss of the last few steps, unless the last one left the finite numbers: a spike in the
+    # very last step (Adam or BatchNorm on one batch) is not where the loss stands.
+    final = min(losses[-settle_window:]) if math.isfinite(losses[-1]) else losses[-1]
+    names = pipeline.data.class_names
+    figures = [Figure("lines", f"loss on one batch of {len(y)}", {"series": {"loss": losses}, "xlabel": "step",
+                                                                 "ylabel": "loss", "hline": threshold}),
+               Figure("matrix", "prediction vs label on the batch (eval mode)", {
+                   "values": torch.nn.functional.one_hot(predicted.clamp(0, len(names) - 1), len(names)).T.cpu().numpy(),
+                   "rows": list(names), "cols": [names[int(c)] for c in y.tolist()], "ylabel": "predicted",
+                   "xlabel": "true label of each example", "annotate": False})]  # 0/1: the colour says it
+    details = {"steps": len(losses), "final_loss": final, "batch_accuracy": accuracy, "first_loss": first,
+               "loss_floor": floor, "floor_accuracy": floor_accuracy, "threshold": threshold,
+               "train_mode_accuracy": train_mode_accuracy, "extended": len(losses) > max_steps}
+    extended = f" (given {len(losses) - max_steps} steps more than {max_steps}: the loss was still falling)" \
+        if len(losses) > max_steps else ""
+    floor_said = f"the loss's floor on this batch is {floor:.4f}, so the bar is {threshold:.4f}"
+    lowest = min([floor] + [v for v in losses if math.isfinite(v)])
+
+    def fail(value: float, bar: float, comparison: str, cause: str) -> CheckResult:
+        return CheckResult("overfit_one_batch", STAGE, Verdict.FAIL, value, bar, comparison,
+                           f"could not overfit one batch of {len(y)} in {len(losses)} steps{extended}: {cause}.",
+                           figures=figures, details=details)
+
+    if first <= 0:
+        return fail(first, 0.0, ">", f"the loss was {first:.4g} at the very first step, before any learning. An "
+                    "untrained classifier's cross-entropy is about ln(C) and a cross-entropy is never <= 0: the loss "
+                    "is not a proper cross-entropy (nll_loss on raw logits or on probabilities: log_softmax missing) "
+                    "or has the wrong sign (the optimizer is maximising it)")
+    if lowest < -1e-6:
+        return fail(lowest, 0.0, ">=", f"the loss goes negative ({lowest:.3g}; free outputs drive it to {floor:.3g}): "
+                    "a cross-entropy cannot be negative, so the loss has the wrong sign or no floor (log_softmax "
+                    "missing before nll_loss)")
+    if floor_accuracy < 1.0:
+        return fail(floor_accuracy, 1.0, ">=", f"even free outputs that minimise this loss (down to {floor:.4g}) "
+                    f"classify only {floor_accuracy:.0%} of the batch: the loss does not measure classification. A "
+                    "wrong loss (MSE on class indices, a wrong target encoding) or a clamped or clipped loss with no "
+                    "gradient (clip the gradients, not the loss)")
+    if -1e-6 <= logits_floor and floor > logits_floor + tolerance:
+        return fail(floor, logits_floor + tolerance, "<=", f"the model's outputs are probabilities (rows sum to 1), "
+                    f"and through them this loss cannot go below {floor:.4f}, where on free logits it reaches "
+                    f"{logits_floor:.4f}: a softmax sits before a loss that expects logits (cross_entropy applies "
+                    "log_softmax itself). Remove the softmax from the model")
+    if not math.isfinite(final) or final > threshold:
+        if not math.isfinite(final) or final > 2 * first:
+            cause = (f"the loss diverged ({first:.3f} -> {final:.3g}): learning rate too high, or the loss has the "
+                     "wrong sign")
+        else:
+            cause = (f"the loss plateaued at {final:.4f} after {len(losses)} steps (from {first:.4f}; {floor_said}): "
+                     "learning rate too low, gradients not flowing (frozen/detached layer, clipped loss), strong "
+                     "regularisation (weight decay, heavy dropout), a softmax before the cross-entropy, or labels "
+                     "that don't match the inputs")
+        return fail(final if math.isfinite(final) else math.inf, threshold, "<=", cause)
+    passed = (f"memorised a batch of {len(y)} in {len(losses)} steps{extended}: loss {final:.4f} <= {threshold:.4f} "
+              f"(the loss's floor on this batch {floor:.4f} + {tolerance}), accuracy 100%")
+    if accuracy < 1.0 and train_mode_accuracy == 1.0:
+        return CheckResult("overfit_one_batch", STAGE, Verdict.PASS, final, threshold, "<=",
+                           f"{passed} in train mode. In eval mode only {accuracy:.0%}: the model's BatchNorm "
+                           f"running stats, after {len(losses)} steps, still lag the batch statistics the steps "
+                           "trained with. Not a bug of the loss or lr; if eval accuracy stays low in the real run, "
+                           "look at the BatchNorm momentum and batch size.", figures=figures, details=details)
+    if accuracy < 1.0:
+        return fail(accuracy, 1.0, ">=", f"the loss reached {final:.4f} but only {accuracy:.0%} of the batch is "
+                    "predicted right (in eval mode): the step jumped away from the solution (learning rate too "
+                    "high), eval mode behaves differently (dropout or normalisation layers), or the loss does not "
+                    "measure classification (wrong target encoding or wrong loss)")
+    if floor > tolerance:
+        passed += f". This loss cannot go below {floor:.4f} on this batch (label smoothing, say)"
+    return CheckResult("overfit_one_batch", STAGE, Verdict.PASS, final, threshold, "<=", passed + ".",
+                       figures=figures, details=details)
