@@ -116,6 +116,7 @@ BAD_FOLDERS = {
 
 
 @pytest.mark.parametrize("kind", BAD_FOLDERS)
+@pytest.mark.slow
 def test_bad_folders_are_one_line_and_exit_2(tmp_path, capsys, kind):
     make, pattern = BAD_FOLDERS[kind]
     root = tmp_path / "images"
@@ -126,6 +127,7 @@ def test_bad_folders_are_one_line_and_exit_2(tmp_path, capsys, kind):
     assert len(err) == 1 and err[0].startswith("recipe: error: ") and re.search(pattern, err[0]), err
 
 
+@pytest.mark.slow
 def test_the_readme_folder_walkthrough_passes_and_shows_colour(tmp_path, monkeypatch, capsys):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -175,6 +177,7 @@ def _readme_cifar_example() -> str:
     return re.search(r"```python\n(# cifar_cnn.py.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_cifar_example_is_short_and_runs_as_pasted(tmp_path, monkeypatch, capsys):
     import torchvision
 

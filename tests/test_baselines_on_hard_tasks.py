@@ -36,6 +36,7 @@ def _baseline(pipeline, seed: int, **thresholds):
 
 
 @pytest.mark.parametrize("seed", [0, 4])  # the seeds whose val loss ends above the zero-input model's
+@pytest.mark.slow
 def test_a_linear_model_that_overfits_shapes_is_warned_not_failed(four_shapes, seed):
     result = _baseline(default_pipeline(TrainConfig(seed=seed), four_shapes), seed)
     assert result.details["real_loss"] >= result.details["zero_loss"], "the case no longer overfits: retest"
@@ -45,6 +46,7 @@ def test_a_linear_model_that_overfits_shapes_is_warned_not_failed(four_shapes, s
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_an_overshooting_lr_is_still_failed_when_val_loss_is_worse(sample_data, seed):
     result = _baseline(lr_100x_too_high(default_pipeline(TrainConfig(seed=seed), sample_data)), seed)
     if result.details["real_loss"] < result.details["zero_loss"]:
@@ -83,6 +85,7 @@ def test_a_flat_plateau_is_not_falling():
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.slow
 def test_a_long_tail_of_classes_is_judged_by_the_loss_too(seed, kind):
     """With 800 down to 50 images a class and 300 val images, accuracy barely leaves the majority class in
     a short run and the per-example losses are too spread to decide: a WARN that says so, not a FAIL.

@@ -147,6 +147,7 @@ def test_the_plugin_is_registered_as_a_pytest11_entry_point():
     assert "checks.pytest_plugin" in names, "re-run `pip install -e .` after changing the entry points"
 
 
+@pytest.mark.slow
 def test_pytest_pyargs_checks_takes_the_preflight_options_from_any_folder(pytester: pytest.Pytester):
     """Run away from this repository, so pytest cannot find checks/conftest.py by path; each check's
     verdict, value, threshold and message land in the JUnit XML as properties."""

@@ -40,6 +40,7 @@ def latest(workdir: Path) -> dict:
     return json.loads((workdir / "reports" / "latest" / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_failed_preflight_blocks_training_until_forced(workdir: Path, capsys):
     bad = ["--pipeline", "unnormalised.py:build"]
     assert recipe("check", *bad) == 1
@@ -57,6 +58,7 @@ def test_failed_preflight_blocks_training_until_forced(workdir: Path, capsys):
     assert "FORCED" in (workdir / "reports" / "latest" / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_train_reuses_a_passing_preflight_with_the_same_fingerprint(workdir: Path, capsys):
     assert recipe("check") == 0
     checked = latest(workdir)
@@ -72,6 +74,7 @@ def test_train_reuses_a_passing_preflight_with_the_same_fingerprint(workdir: Pat
     assert "the config changed since the preflight" in capsys.readouterr().err  # another config, another preflight
 
 
+@pytest.mark.slow
 def test_report_rerenders_without_rerunning(workdir: Path, capsys):
     assert recipe("run") == 0
     run_dir = (workdir / "reports" / "latest").resolve()

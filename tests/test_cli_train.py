@@ -56,6 +56,7 @@ def test_train_in_process(gated_run):
     assert (report_dir / "latest").resolve() == folder.resolve()
 
 
+@pytest.mark.slow
 def test_train_as_a_command_reuses_the_preflight(gated_run, tmp_path):
     report_dir = gated_run[3]
     proc = subprocess.run([PYTHON, "-m", "checks.cli", "train", *SAMPLE, *CONFIG, "--epochs", "2",
@@ -129,6 +130,7 @@ def test_device_cuda_without_gpu(tmp_path, capsys):
     assert code == 2 and err.startswith("recipe: error: --device cuda: no CUDA GPU")
 
 
+@pytest.mark.slow
 def test_errors_from_the_command_have_no_traceback_and_debug_shows_one(tmp_path):
     base = [PYTHON, "-m", "checks.cli", "train", *SAMPLE, "--batch-size", "0"]
     plain = subprocess.run(base, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)

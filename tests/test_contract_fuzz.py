@@ -212,6 +212,7 @@ REFUSED = st.one_of(cases(step=st.just("python-float")), cases(tuple_batches=st.
 
 @settings(FUZZ, max_examples=16)  # ~1 s each: covers every output form, model form, step return and NormStats form
 @given(cases())
+@pytest.mark.slow
 def test_a_supported_pipeline_runs_every_check_and_none_errors(case):
     pipeline = contract_pipeline(case)
     torch.manual_seed(0)

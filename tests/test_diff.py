@@ -82,6 +82,7 @@ def two_runs(tmp_path_factory, sample_raw):
     return workdir, clean, buggy
 
 
+@pytest.mark.slow
 def test_diff_names_the_check_that_flipped_and_exits_1(two_runs, capsys, monkeypatch):
     workdir, clean, buggy = two_runs
     monkeypatch.chdir(workdir)
@@ -132,6 +133,7 @@ def test_diff_refuses_a_folder_without_results(tmp_path, two_runs, capsys):
     json.loads((clean / "results.json").read_text())  # untouched
 
 
+@pytest.mark.slow
 def test_the_report_compares_with_the_previous_run_of_the_same_pipeline(tmp_path, sample_raw, monkeypatch):
     """The user edits their pipeline file and checks again: the new page says what got worse since."""
     from recipe import sources

@@ -138,6 +138,7 @@ def _assert_judged_as_planned(name: str, ranks: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in QUICK if n != "nan_on_rank_1"])
+@pytest.mark.slow
 def test_rank_checks_on_one_twin_of_each_kind_and_a_clean_run(quick_runs, name):
     _assert_judged_as_planned(name, quick_runs[name])
 
@@ -173,6 +174,7 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(qu
 SAMPLE = ["--data", "sample", "--no-download", "--quiet"]
 
 
+@pytest.mark.slow
 def test_a_refused_preflight_starts_no_other_process(tmp_path, monkeypatch, fast_sample, capsys):
     (tmp_path / "unnormalised.py").write_text(UNNORMALISED)
     monkeypatch.chdir(tmp_path)
@@ -228,6 +230,7 @@ def test_torchrun_runs_the_same_command(two_process_run, tmp_path):
     assert all(c["verdict"] == "PASS" for c in block["checks"])
 
 
+@pytest.mark.slow
 def test_python_m_recipe_is_the_command():
     done = subprocess.run([PYTHON, "-m", "checks.cli", "train", "--help"], cwd=REPO_ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)

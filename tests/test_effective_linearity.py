@@ -300,6 +300,7 @@ def _own_model(model_class):
 @pytest.mark.parametrize("data_name", ["sample", "shapes"])
 @pytest.mark.parametrize("build", [batchnorm_cnn, small_cnn, _own_model(ResidualCNN), _own_model(TinyViT)],
                          ids=lambda build: build.__name__)
+@pytest.mark.slow
 def test_non_linear_cnns_and_attention_pass_on_grey_and_colour(request, sample_data, data_name, build):
     data = sample_data if data_name == "sample" else request.getfixturevalue("shapes")
     result = effective_linearity(build(TrainConfig(), data))

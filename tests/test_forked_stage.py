@@ -32,6 +32,7 @@ def comparable(results: list[CheckResult]) -> list[tuple]:
 
 
 @pytest.mark.parametrize("bug", [None, leaked_test_images, init_100x], ids=["clean", "data_fail", "skeleton_fail"])
+@pytest.mark.slow
 def test_forked_data_stage_gives_what_one_process_gives(linear, bug):
     pipeline = linear if bug is None else bug(linear)
     started, done = [], []
@@ -56,6 +57,7 @@ def _planted(verdict: Verdict, details=None):
     return planted
 
 
+@pytest.mark.slow
 def test_a_later_result_reaches_on_done_before_the_data_stage_is_yielded(linear):
     import time
 
@@ -120,6 +122,7 @@ def test_fork_is_declined_where_it_cannot_help(linear, monkeypatch):
     assert fork_helps(linear) is (threading.active_count() == 1)
 
 
+@pytest.mark.slow
 def test_recipe_check_asks_for_the_fork(monkeypatch, tmp_path, fast_sample):
     """`recipe check` runs the stages side by side where it can (run_preflight(..., fork=True))."""
     import checks.engine.forked_stage as forked_stage

@@ -63,11 +63,13 @@ def assert_twin_caught(name: str, twin: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(HARD_CLEAN))
+@pytest.mark.slow
 def test_clean_hard_data_fails_no_data_check(name):
     assert_clean(name, 0, "linear")
 
 
 @pytest.mark.parametrize("twin", list(BAD_TWINS))
+@pytest.mark.slow
 def test_bad_twins_of_the_shifted_digits_still_fail(twin):
     assert_twin_caught("shifted-digits", twin)
 
@@ -87,6 +89,7 @@ def test_bad_twins_of_every_hard_data_set_still_fail(name, twin):
     assert_twin_caught(name, twin)
 
 
+@pytest.mark.slow
 def test_the_hard_data_is_hard_for_a_linear_probe_on_raw_pixels():
     """The matrix means something only if a linear model on the pixels misses many clean labels there."""
     data = hard_data("random-shapes")
@@ -98,6 +101,7 @@ def test_the_hard_data_is_hard_for_a_linear_probe_on_raw_pixels():
     assert ((test @ weights).argmax(1) != data.test.labels).double().mean() > 0.4
 
 
+@pytest.mark.slow
 def test_label_noise_says_it_cannot_tell_on_hard_data_with_labels_noisy_everywhere():
     """20% of every split's labels re-drawn on faint digits: the probe is too weak to tell that from the
     hard task, so label_noise WARNs and says so; on the sample digits, where it is strong, it FAILs."""
@@ -109,6 +113,7 @@ def test_label_noise_says_it_cannot_tell_on_hard_data_with_labels_noisy_everywhe
 
 
 @pytest.mark.parametrize("check", ["label_signal", "label_agreement", "label_noise"])
+@pytest.mark.slow
 def test_every_label_check_says_how_strong_its_evidence_is(check):
     result = data_stage(clean_pipelines(TrainConfig(), hard_data("random-shapes"))[f"{CLEAN}:linear"])[check]
     assert re.search(r"z = -?\d|standard errors", result.message), result.message

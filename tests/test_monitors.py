@@ -130,6 +130,7 @@ def test_clean_runs_trip_no_monitor(sample_data, build):
 
 
 @pytest.mark.parametrize("name", [n for n in VALID if n != "batchnorm_cnn"])
+@pytest.mark.slow
 def test_valid_configurations_fail_no_monitor(sample_data, name):
     results = watch(VALID[name](TrainConfig(epochs=2), sample_data), every=None)
     assert not [r for r in results.values() if r.verdict.blocks], {n: r.message for n, r in results.items()}
@@ -176,6 +177,7 @@ def test_a_layer_that_hardly_learns_is_named(sample_data, make, verdict):
     (lambda d: replace(mlp_pipeline(CONSTANT, d), make_model=dying_mlp(functional=False)), "2 (ReLU)"),
     (lambda d: replace(mlp_pipeline(replace(CONSTANT, epochs=1), d), make_model=DyingCNN), "DyingCNN relu #1"),
 ], ids=["torch.relu", "nn.ReLU", "relu6-conv"])
+@pytest.mark.slow
 def test_relus_initialised_to_die_are_dead_units(sample_data, make, site):
     results = watch(make(sample_data))
     assert results["dead_units"].verdict is Verdict.FAIL
@@ -231,6 +233,7 @@ def test_non_finite_losses_and_gradients(sample_data, make):
 
 
 @pytest.mark.parametrize("hidden, epochs", [(512, 30), (1024, 40)])
+@pytest.mark.slow
 def test_a_long_run_on_few_examples_overfits(sample_data, hidden, epochs):
     pipeline = mlp_pipeline(TrainConfig(epochs=epochs, schedule="constant"), few_examples(sample_data))
     results = watch(replace(pipeline, make_model=lambda: MLPClassifier(10, 784, hidden=hidden)), every=None)
@@ -246,6 +249,7 @@ def test_a_long_run_on_few_examples_overfits(sample_data, hidden, epochs):
     lambda d: replace(mlp_pipeline(CONSTANT, d), scheduler_interval="epoch",
                       make_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.1)),
 ], ids=["linear-constant", "mlp-constant", "steplr-that-never-steps"])
+@pytest.mark.slow
 def test_an_lr_still_high_at_the_end(sample_data, make):
     result = watch(make(sample_data))["lr_at_end"]
     assert result.verdict is Verdict.WARN and result.value == pytest.approx(1.0)
@@ -294,6 +298,7 @@ def cli_run(tmp_path_factory, sample_raw):
     return code, err.getvalue(), report_dir / "latest"
 
 
+@pytest.mark.slow
 def test_run_writes_the_monitors_into_results_and_the_report(cli_run):
     code, err, run = cli_run
     assert code == 0, err
@@ -311,6 +316,7 @@ def test_run_writes_the_monitors_into_results_and_the_report(cli_run):
     assert "train_accuracy" in pd.read_csv(run / METRICS_NAME).columns
 
 
+@pytest.mark.slow
 def test_train_reuses_the_preflight_and_is_watched_too(cli_run, sample_raw, monkeypatch):
     report_dir = cli_run[2].parent
     monkeypatch.setattr(sources, "read_sample_csv", lambda path: sample_raw)
@@ -325,6 +331,7 @@ def test_train_reuses_the_preflight_and_is_watched_too(cli_run, sample_raw, monk
     assert "A training monitor failed (loss_spikes)" in (report_dir / "latest" / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_no_monitors_leaves_them_out(cli_run, sample_raw, monkeypatch):
     report_dir = cli_run[2].parent
     monkeypatch.setattr(sources, "read_sample_csv", lambda path: sample_raw)

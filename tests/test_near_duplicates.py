@@ -83,6 +83,7 @@ def _agrees(result) -> bool:
 
 # ---------------------------------------------------------------- clean data: no false alarm
 
+@pytest.mark.slow
 def test_clean_sample_passes_both(sample):
     pipeline = _pipeline(sample)
     for check in (duplicates_and_leakage, conflicting_labels):
@@ -99,6 +100,7 @@ def test_the_valid_configurations_pass_both(sample):
         assert verdicts == [Verdict.PASS, Verdict.PASS], name
 
 
+@pytest.mark.slow
 def test_clean_colour_digits_pass_both(tmp_path):
     write_colour_digits(tmp_path)
     pipeline = _pipeline(load_data("cifar10", tmp_path, download=False))
@@ -119,6 +121,7 @@ def test_synthetic_shapes_differing_only_in_colour_are_not_copies(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(), reason="Fashion-MNIST not installed")
+@pytest.mark.slow
 def test_clean_fashion_mnist_passes_despite_its_look_alikes():
     """Fashion-MNIST holds natural near-twins (plain T-shirts, bags, the same item in two colours):
     about 0.25% of its test images have one in train at the threshold, under the 0.5% limit."""
@@ -131,6 +134,7 @@ def test_clean_fashion_mnist_passes_despite_its_look_alikes():
 # ---------------------------------------------------------------- held-out copies in train
 
 @pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.slow
 def test_near_copies_of_one_percent_of_test_in_train_fail(sample, change):
     part = _share(sample.test, 0.01)
     planted = _into(sample, "train", CHANGES[change](sample.test.images[part]), sample.test.labels[part])
@@ -226,6 +230,7 @@ def test_copies_with_the_same_label_are_not_conflicts(sample):
 
 # ---------------------------------------------------------------- any shape, any dtype
 
+@pytest.mark.slow
 def test_colour_test_images_shifted_into_train_fail(tmp_path):
     write_colour_digits(tmp_path)
     data = load_data("cifar10", tmp_path, download=False)

@@ -155,6 +155,7 @@ def test_replacing_the_config_after_the_factories_were_built_is_rejected(sample_
     assert reseeded.config.seed == 4  # the seed is read when a run starts, never baked into a factory
 
 
+@pytest.mark.slow
 def test_a_step_returning_a_float_is_refused_before_any_check_and_training_never_starts(workdir, capsys):
     """fit cannot train with it (its first step refuses a Python number), so neither do the checks: one line."""
     (workdir / "floaty.py").write_text(STEP_RETURNS_FLOAT)
@@ -168,6 +169,7 @@ def test_a_step_returning_a_float_is_refused_before_any_check_and_training_never
 
 # ---------------------------------------------------------------- the gate
 
+@pytest.mark.slow
 def test_editing_the_pipeline_or_a_module_it_imports_makes_train_check_again(workdir, capsys):
     assert recipe("check", "--pipeline", "mine.py:build") == 0
     capsys.readouterr()
@@ -183,6 +185,7 @@ def test_editing_the_pipeline_or_a_module_it_imports_makes_train_check_again(wor
     assert "the code changed since the preflight" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_changing_one_label_makes_train_check_again(workdir, capsys, monkeypatch):
     assert recipe("check", "--pipeline", "mine.py:build") == 0
     monkeypatch.setenv("FLIP_ONE_LABEL", "17")
@@ -191,6 +194,7 @@ def test_changing_one_label_makes_train_check_again(workdir, capsys, monkeypatch
     assert "the data changed since the preflight" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_k_subset_cannot_open_the_gate(workdir, pytester, capsys):
     result = pytester.runpytest_inprocess(CHECKS_DIR, "-p", "no:cacheprovider", "--data", "sample", "--no-download",
                                           "--report-dir", str(workdir / "reports"), "-k", "loss", "--epochs", "1",
@@ -207,6 +211,7 @@ def test_a_k_subset_cannot_open_the_gate(workdir, pytester, capsys):
     assert len(latest(workdir)["checks"]) == len(CHECKS)
 
 
+@pytest.mark.slow
 def test_a_stale_fail_refuses_then_fixed_code_is_rechecked_and_trains(workdir, capsys):
     (workdir / "mine.py").write_text(SHIFTED_LABELS)
     assert recipe("check", "--pipeline", "mine.py:build") == 1
@@ -223,6 +228,7 @@ def test_a_stale_fail_refuses_then_fixed_code_is_rechecked_and_trains(workdir, c
     assert latest(workdir)["training"]["test_accuracy"] > 0.8
 
 
+@pytest.mark.slow
 def test_a_train_report_links_the_preflight_it_relied_on_and_keeps_its_figures(workdir):
     assert recipe("check") == 0
     checked = latest(workdir)
@@ -239,6 +245,7 @@ def test_a_train_report_links_the_preflight_it_relied_on_and_keeps_its_figures(w
 
 # ---------------------------------------------------------------- one runner, one gate
 
+@pytest.mark.slow
 def test_pytest_and_the_zoo_both_run_checks_through_the_one_runner(workdir, pytester, monkeypatch, sample_data):
     import checks.engine.runner as runner
     from tests.zoo.catalogue import ZOO, run_zoo
@@ -273,6 +280,7 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("kind", BROKEN)
+@pytest.mark.slow
 def test_user_code_errors_are_one_line_and_exit_2_from_recipe(workdir, capsys, kind):
     source, pattern = BROKEN[kind]
     (workdir / "broken.py").write_text(source)
@@ -283,6 +291,7 @@ def test_user_code_errors_are_one_line_and_exit_2_from_recipe(workdir, capsys, k
 
 
 @pytest.mark.parametrize("kind", ["syntax", "factory-raises"])
+@pytest.mark.slow
 def test_user_code_errors_are_a_usage_error_under_pytest(pytester, kind):
     source, pattern = BROKEN[kind]
     pytester.makepyfile(broken=source)
@@ -293,6 +302,7 @@ def test_user_code_errors_are_a_usage_error_under_pytest(pytester, kind):
     assert re.search(pattern, result.stderr.str())
 
 
+@pytest.mark.slow
 def test_debug_shows_the_users_traceback(workdir, capsys):
     (workdir / "broken.py").write_text(BROKEN["factory-raises"][0])
     with pytest.raises(RecipeError) as caught:

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import pytest
+
 from checks.report.painter import Painter, draw_entry
 from checks.engine.result import Figure
 
@@ -27,6 +29,7 @@ def some_figures() -> list[Figure]:
             Figure("bogus", "cannot be drawn", {})]
 
 
+@pytest.mark.slow
 def test_the_worker_draws_exactly_what_this_process_would():
     figures = some_figures()
     with Painter(workers=1) as painter:
@@ -38,6 +41,7 @@ def test_the_worker_draws_exactly_what_this_process_would():
     assert here[0]["png_base64"] and here[-1]["png_base64"] is None and "bogus" in here[-1]["error"]
 
 
+@pytest.mark.slow
 def test_a_long_backlog_is_drawn_from_both_ends_in_order():
     figures = [f for _ in range(4) for f in some_figures()[:2]]  # 8 figures at once: the worker cannot keep up
     painter = Painter(workers=1)
@@ -59,6 +63,7 @@ def test_a_dead_worker_costs_no_figure():
     assert all(e["png_base64"] for e in drawn["check_a"])
 
 
+@pytest.mark.slow
 def test_a_stuck_worker_is_killed_and_costs_no_figure():
     import signal
 
@@ -78,6 +83,7 @@ def test_no_worker_draws_in_this_process():
     assert painter.drawn()["check_a"] == [draw_entry(some_figures()[1])]
 
 
+@pytest.mark.slow
 def test_a_script_without_a_main_guard_runs_once_and_total_s_is_its_wall_time(tmp_path):
     # multiprocessing's spawn would import this script again in the worker and run a second preflight
     script = tmp_path / "unguarded.py"

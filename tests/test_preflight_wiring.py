@@ -56,6 +56,7 @@ def latest_results(pytester: pytest.Pytester) -> dict:
     return json.loads((pytester.path / "reports" / "latest" / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_failing_stage_blocks_later_stages(pytester: pytest.Pytester):
     pytester.makepyfile(unnormalised=UNNORMALISED)
     result = preflight(pytester, "--pipeline", "unnormalised.py:build")
@@ -68,6 +69,7 @@ def test_failing_stage_blocks_later_stages(pytester: pytest.Pytester):
     assert later and all(v == "SKIP" for v in later)
 
 
+@pytest.mark.slow
 def test_no_gate_runs_later_stages(pytester: pytest.Pytester):
     pytester.makepyfile(unnormalised=UNNORMALISED)
     result = preflight(pytester, "--pipeline", "unnormalised.py:build", "--no-gate", "-m", "data or skeleton")
@@ -76,6 +78,7 @@ def test_no_gate_runs_later_stages(pytester: pytest.Pytester):
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.mark.slow
 def test_stage_marker_selects_one_stage(pytester: pytest.Pytester):
     result = preflight(pytester, "-m", "data", "--no-report")
     outcomes = result.parseoutcomes()
@@ -84,6 +87,7 @@ def test_stage_marker_selects_one_stage(pytester: pytest.Pytester):
     assert not (pytester.path / "reports").exists()
 
 
+@pytest.mark.slow
 def test_user_pipeline_module_is_loaded(pytester: pytest.Pytester):
     pytester.makepyfile(my_mlp=MLP)
     result = preflight(pytester, "--pipeline", "my_mlp:build", "-m", "skeleton",
@@ -101,6 +105,7 @@ def test_user_pipeline_module_is_loaded(pytester: pytest.Pytester):
     ("bad_pipeline:build", "returned dict, expected recipe.pipeline.Pipeline"),
     ("no-colon", "must look like 'package.module:factory'"),
 ])
+@pytest.mark.slow
 def test_bad_pipeline_is_a_clear_usage_error(pytester: pytest.Pytester, spec: str, expected: str):
     pytester.makepyfile(bad_pipeline=NOT_A_PIPELINE)
     result = preflight(pytester, "--pipeline", spec)
@@ -109,6 +114,7 @@ def test_bad_pipeline_is_a_clear_usage_error(pytester: pytest.Pytester, spec: st
     assert "Traceback" not in result.stderr.str()
 
 
+@pytest.mark.slow
 def test_crashing_check_becomes_error_and_report_is_still_written(pytester: pytest.Pytester):
     pytester.makepyfile(loss_raises=LOSS_RAISES)
     result = preflight(pytester, "--pipeline", "loss_raises.py:build", "--no-gate")

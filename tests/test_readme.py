@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from checks import run_all
 from checks.engine.result import Verdict
 from recipe.config import TrainConfig
@@ -20,6 +22,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_cnn_pipeline_passes_every_check(tmp_path, monkeypatch):
     (tmp_path / "my_cnn.py").write_text(readme_example())
     monkeypatch.chdir(tmp_path)

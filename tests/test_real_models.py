@@ -51,6 +51,7 @@ def data_sets(sample_data):
 
 
 @pytest.mark.parametrize("name, data_set, seed", list(matrix()))
+@pytest.mark.slow
 def test_a_real_model_fails_no_check(data_sets, name, data_set, seed):
     pipeline = REAL_MODELS[name](TrainConfig(seed=seed), data_sets[data_set])
     torch.manual_seed(seed)

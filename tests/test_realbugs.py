@@ -99,6 +99,7 @@ def _fingerprint(pipeline) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("bug", REAL_BUGS, ids=lambda bug: bug.name)
+@pytest.mark.slow
 def test_the_buggy_and_fixed_versions_really_differ(bug, sample_data):
     assert _body(bug.buggy) != _body(bug.fixed), f"{bug.name}: the two factories have the same code"
     config = TrainConfig()

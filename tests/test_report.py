@@ -162,6 +162,7 @@ def test_confident_mistakes_are_wrong_and_sorted_by_confidence(trained):
     assert re.fullmatch(r"true \S+ / pred \S+ p=0\.\d\d", figure.data["captions"][0])
 
 
+@pytest.mark.slow
 def test_an_mlp_has_no_class_templates_and_the_page_says_why(sample_data, tmp_path):
     pipeline = mlp_pipeline(TrainConfig(epochs=1), sample_data)
     summary, figures = _summarise(pipeline, fit(pipeline, quiet=True))
@@ -180,6 +181,7 @@ def test_a_stopped_run_reports_no_test_numbers(trained):
 
 # ---------------------------------------------------------------- the page and the files
 
+@pytest.mark.slow
 def test_write_report_then_rerender_gives_the_same_page_with_every_check(trained, tmp_path):
     pipeline, _, (summary, training_figures) = trained
     results = hand_made_results(np.random.default_rng(1))
@@ -196,6 +198,7 @@ def test_write_report_then_rerender_gives_the_same_page_with_every_check(trained
     assert rerender(tmp_path).read_text() == first
 
 
+@pytest.mark.slow
 def test_results_json_round_trips_and_has_the_schema_keys(trained, tmp_path):
     pipeline, _, (summary, training_figures) = trained
     results = hand_made_results(np.random.default_rng(2))
@@ -213,6 +216,7 @@ def test_results_json_round_trips_and_has_the_schema_keys(trained, tmp_path):
     assert base64.b64decode(figures["loss_at_init"][0]["png_base64"]).startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_user_strings_are_escaped_everywhere(sample_data, tmp_path):
     evil_data = dataclasses.replace(sample_data, class_names=tuple(f"{EVIL}{i}" for i in range(10)))
     pipeline = dataclasses.replace(default_pipeline(TrainConfig(epochs=1), evil_data), name=EVIL)
@@ -226,6 +230,7 @@ def test_user_strings_are_escaped_everywhere(sample_data, tmp_path):
     assert EVIL + "3" in json.loads((tmp_path / "results.json").read_text())["data"]["class_names"]
 
 
+@pytest.mark.slow
 def test_a_realistic_report_stays_under_3_mb(trained, tmp_path):
     pipeline, _, (summary, training_figures) = trained
     rng = np.random.default_rng(3)
@@ -235,6 +240,7 @@ def test_a_realistic_report_stays_under_3_mb(trained, tmp_path):
     assert index.stat().st_size < 3_000_000
 
 
+@pytest.mark.slow
 def test_forced_training_is_shown_loudly(trained, tmp_path):
     pipeline, _, (summary, training_figures) = trained
     results = hand_made_results(np.random.default_rng(4))[:3]
@@ -243,6 +249,7 @@ def test_forced_training_is_shown_loudly(trained, tmp_path):
     assert "FORCED ✗ training ran despite failing checks" in html
 
 
+@pytest.mark.slow
 def test_a_clean_run_says_training_ran(trained, tmp_path):
     pipeline, _, (summary, training_figures) = trained
     results = hand_made_results(np.random.default_rng(5))[:2]
@@ -311,6 +318,7 @@ def test_shift_robustness_peaks_unshifted_and_drops_for_a_linear_model(trained):
     assert sections.SHIFTS in [f.title for f in figures]
 
 
+@pytest.mark.slow
 def test_a_check_that_answers_a_handout_question_says_which(trained, tmp_path):
     pipeline, _, (summary, training_figures) = trained
     results = [CheckResult("label_signal", "data", Verdict.PASS, 0.2, 0.02, ">=", "means differ"),

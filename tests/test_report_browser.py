@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 
 
+@pytest.mark.slow
 def test_recipe_run_report_renders_in_chromium(tmp_path: Path, capsys):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     report_dir = tmp_path / "reports"

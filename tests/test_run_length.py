@@ -37,6 +37,7 @@ SHORT = {"one epoch, batch 512": TrainConfig(epochs=1, batch_size=512),
 
 @pytest.mark.parametrize("build", [default_pipeline, mlp_pipeline], ids=["linear", "mlp"])
 @pytest.mark.parametrize("name", list(SHORT))
+@pytest.mark.slow
 def test_a_run_too_short_for_what_the_baselines_needed_fails(sample_data, build, name):
     pipeline = build(SHORT[name], sample_data)
     result = run_length(pipeline)
@@ -46,6 +47,7 @@ def test_a_run_too_short_for_what_the_baselines_needed_fails(sample_data, build,
     assert not disagreements([result])
 
 
+@pytest.mark.slow
 def test_the_zoo_twin_fails_on_grey_and_colour_images(linear, colour_linear):
     for pipeline in (linear, colour_linear):
         result = run_length(one_epoch_of_huge_batches(pipeline))
@@ -53,6 +55,7 @@ def test_the_zoo_twin_fails_on_grey_and_colour_images(linear, colour_linear):
         assert result.value <= 9
 
 
+@pytest.mark.slow
 def test_the_steps_count_the_batches_the_loader_really_yields(sample_data):
     """A hand-written loader with its own batch size (1024) where the config says 64."""
     pipeline = default_pipeline(TrainConfig(epochs=2), sample_data)
@@ -67,6 +70,7 @@ def test_the_steps_count_the_batches_the_loader_really_yields(sample_data):
 
 @pytest.mark.parametrize("name", ["batch_512", "linear_batch_512", "gradient_accumulation", "warmup_cosine",
                                   "adamw_onecycle", "label_smoothing"])
+@pytest.mark.slow
 def test_valid_configurations_do_not_fail(sample_data, name):
     result = run_length(VALID[name](TrainConfig(), sample_data))
     assert result.verdict is Verdict.PASS, result.message

@@ -86,6 +86,7 @@ def _shifted(data, split: str, edit):
 
 @pytest.mark.parametrize("data_name", ["sample", "shapes"])
 @pytest.mark.parametrize("shift", list(SHIFTS))
+@pytest.mark.slow
 def test_a_split_preprocessed_differently_fails_and_is_named(request, sample_data, data_name, shift):
     data = sample_data if data_name == "sample" else request.getfixturevalue("shapes")
     split = "test" if len(shift) % 2 else "val"  # both held-out splits get shifted across the variants

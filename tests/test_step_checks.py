@@ -211,6 +211,7 @@ class _FrozenBatchNormMLP(DropoutNormMLP):
     (lambda data: QuietLayersStep(), "Dropout"),
     (lambda data: _eval_whole_step, "switches them out of train mode before its forward"),
 ], ids=["logging under eval", "val batch inside the step", "only the dropout/BN layers", "eval for the whole step"])
+@pytest.mark.slow
 def test_a_step_that_trains_in_eval_mode_fails(sample_data, make_step, words):
     result = train_mode_kept(_mode_pipeline(sample_data, make_step(sample_data)))
     assert result.verdict.value == "FAIL", result.message
@@ -236,6 +237,7 @@ def test_batchnorm_cnn_left_in_eval_fails_and_names_the_step(sample_data):
     (_FixedLoggingStep(), DropoutNormMLP), (_train_then_eval_step, DropoutNormMLP),
     (EvalLoggingStep(every=1000), DropoutNormMLP), (_FixedLoggingStep(), _FrozenBatchNormMLP),
 ], ids=["eval then train again", "train at the top, eval at the end", "never logs", "BatchNorm frozen by train()"])
+@pytest.mark.slow
 def test_a_step_that_trains_in_train_mode_passes(sample_data, step, model_class):
     result = train_mode_kept(_mode_pipeline(sample_data, step, model_class))
     assert result.verdict.value == "PASS", result.message

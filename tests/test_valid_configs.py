@@ -37,5 +37,6 @@ def assert_fails_no_check(name: str, seed: int, data) -> None:
 
 
 @pytest.mark.parametrize("name, seed", list(matrix("sample")))
+@pytest.mark.slow
 def test_a_valid_configuration_fails_no_check(sample_data, name, seed):
     assert_fails_no_check(name, seed, sample_data)

@@ -49,6 +49,7 @@ def test_a_float_twin_is_normalised_exactly_like_its_uint8_original(sample_data,
 
 @pytest.mark.parametrize("value_range", RANGES, ids=str)
 @pytest.mark.parametrize("build", [default_pipeline, mlp_pipeline], ids=["linear", "mlp"])
+@pytest.mark.slow
 def test_a_float_twin_gets_the_verdicts_of_its_uint8_original(sample_data, value_range, build):
     twin = float_twin(sample_data, *value_range)
     verdicts = {}

@@ -43,6 +43,7 @@ def assert_rows_agree(rows) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.slow
 def test_the_quick_zoo_shows_numbers_that_agree_with_every_verdict(sample_data):
     rows = run_zoo(sample_data, seed=0, bugs=tuple(bug for bug in ZOO if bug.name in QUICK), clean=("linear",))
     assert len(rows) == len(QUICK) + 1
@@ -92,6 +93,7 @@ def test_the_page_shows_na_with_a_valid_css_class(sample_data):
     assert "1 N/A" in page and "augmentation is off" in page
 
 
+@pytest.mark.slow
 def test_pytest_checks_reports_na_as_a_skip_with_its_reason(pytester: pytest.Pytester):
     result = pytester.runpytest_subprocess(str(Path(checks.__file__).parent), "-p", "no:cacheprovider", "--data",
                                            "sample", "--no-download", "--report-dir", str(pytester.path / "reports"),

@@ -41,6 +41,7 @@ def warm_env(tmp_path_factory):
     assert not list(Path(env["RECIPE_WARM_DIR"]).glob("*.sock"))
 
 
+@pytest.mark.slow
 def test_a_warm_check_gives_what_a_cold_one_gives(warm_env, tmp_path):
     warm = recipe(warm_env, "check", "--data", "sample", "--report-dir", str(tmp_path / "warm"))
     cold = recipe(dict(warm_env, RECIPE_WARM="0"), "check", "--data", "sample", "--report-dir", str(tmp_path / "cold"))
@@ -53,6 +54,7 @@ def test_a_warm_check_gives_what_a_cold_one_gives(warm_env, tmp_path):
     assert [[c[f] for f in fields] for c in a["checks"]] == [[c[f] for f in fields] for c in b["checks"]]
 
 
+@pytest.mark.slow
 def test_user_errors_and_the_working_directory_come_through(warm_env, tmp_path):
     missing = recipe(warm_env, "check", *SAMPLE, "--pipeline", "nosuch_net.py", cwd=tmp_path)
     assert missing.returncode == 2
@@ -67,6 +69,7 @@ def test_user_errors_and_the_working_directory_come_through(warm_env, tmp_path):
     assert record(tmp_path / "runs")["timings"]["process"] == "warm"
 
 
+@pytest.mark.slow
 def test_another_environment_runs_cold(warm_env, tmp_path):
     other = recipe(dict(warm_env, OMP_NUM_THREADS="2"), "check", *SAMPLE,
                    "--report-dir", str(tmp_path))
@@ -93,6 +96,7 @@ def make(config, data):
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_reaches_the_warm_command(warm_env, tmp_path):
     (tmp_path / "slow_net.py").write_text(SLOW_NET)
     client = subprocess.Popen([PYTHON, "-m", "checks.cli", "check", "--data", "sample", "--pipeline",
@@ -109,6 +113,7 @@ def test_ctrl_c_reaches_the_warm_command(warm_env, tmp_path):
     assert record(tmp_path / "runs")["timings"]["process"] == "warm"
 
 
+@pytest.mark.slow
 def test_an_idle_warm_process_exits(tmp_path):
     env = dict(subprocess_env(), RECIPE_WARM="1", RECIPE_WARM_DIR=str(tmp_path), RECIPE_WARM_IDLE_S="1")
     assert recipe(env, "warm").returncode == 0
@@ -131,6 +136,7 @@ def test_the_key_is_taken_from_the_environment_the_command_started_with(monkeypa
 
 
 @pytest.mark.skipif(not shutil.which("script"), reason="needs util-linux `script` for a terminal")
+@pytest.mark.slow
 def test_a_cold_check_on_a_terminal_starts_nothing_in_the_background(tmp_path):
     """Only `recipe warm` starts a warm process: a command the user typed leaves no process behind."""
     env = dict(subprocess_env(), RECIPE_WARM="1", RECIPE_WARM_DIR=str(tmp_path / "warm"), RECIPE_WARM_IDLE_S="60")

@@ -126,6 +126,7 @@ def test_a_server_of_another_uid_gets_nothing(tmp_path, monkeypatch, capsys):
 
 
 @as_root
+@pytest.mark.slow
 def test_a_real_server_of_another_uid_gets_nothing(tmp_path):
     """As the attack goes: B listens on A's socket name (bound by root here, then B's uid listens, as
     SO_PEERCRED records the listener's credentials at listen()). A's command runs cold and B reads nothing."""
@@ -164,6 +165,7 @@ def test_a_real_server_of_another_uid_gets_nothing(tmp_path):
 
 
 @as_root
+@pytest.mark.slow
 def test_a_folder_planted_by_another_user_runs_cold_end_to_end(tmp_path):
     folder = tmp_path / "planted"
     folder.mkdir()
@@ -189,6 +191,7 @@ warm_server.serve(lambda: None, lambda argv, started: marker.write_text("ran") a
 """
 
 
+@pytest.mark.slow
 def test_the_server_answers_no_client_of_another_uid(tmp_path):
     env = dict(subprocess_env(), RECIPE_WARM="1", RECIPE_WARM_DIR=str(tmp_path / "warm"), RECIPE_WARM_IDLE_S="30")
     marker = tmp_path / "ran"

@@ -89,6 +89,7 @@ def test_planted_bug_fails_its_checks_and_names_the_cause_on_colour_digits(bug, 
     assert_fails_its_checks_and_names_the_cause(bug, clean_colour)
 
 
+@pytest.mark.slow
 def test_colour_digits_are_the_sample_digits_in_colour_read_as_cifar10(sample, colour_digits):
     """3x32x32 uint8 read through the cifar10 source, class names from its batches.meta, the sample's test
     digits in the same order; every image has one background colour and a brighter stroke in each channel."""
@@ -124,12 +125,14 @@ def assert_clean_pipeline_fails_nothing(data, kind: str, seed: int) -> None:
 
 @pytest.mark.parametrize("kind, seed", [pytest.param(kind, seed, marks=[slow] if kind == "cnn" and seed > 0 else [])
                                         for kind in KINDS for seed in SEEDS])
+@pytest.mark.slow
 def test_clean_pipeline_fails_no_check_on_sample(sample, kind, seed):
     assert_clean_pipeline_fails_nothing(sample, kind, seed)
 
 
 @pytest.mark.parametrize("kind, seed", [pytest.param(kind, seed, marks=[slow] if kind == "cnn" or seed > 0 else [])
                                         for kind in KINDS for seed in SEEDS])
+@pytest.mark.slow
 def test_clean_pipeline_fails_no_check_on_colour_digits(colour_digits, kind, seed):
     assert_clean_pipeline_fails_nothing(colour_digits, kind, seed)
 
