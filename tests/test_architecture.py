@@ -77,6 +77,12 @@ def test_the_report_runs_no_model(graph):
     assert offenders(graph, lambda m: within(m, "checks.report"), lambda d: within(d, *STAGES, MEASURE)) == {}
 
 
+def test_the_measurements_sit_below_the_stages(graph):
+    """checks/measure/ is what the checks share (batches, reference runs, probes): it judges nothing, so it
+    imports no stage folder, and every stage may use it."""
+    assert offenders(graph, lambda m: within(m, MEASURE), lambda d: within(d, *STAGES)) == {}
+
+
 def test_the_command_line_is_on_top(graph):
     """checks/cli/ is the composition root: it imports every part, and no part imports it."""
     assert offenders(graph, lambda m: not within(m, CLI), lambda d: within(d, CLI)) == {}

@@ -20,7 +20,7 @@ from recipe.config import TrainConfig
 from recipe.data import load_data
 from recipe.pipeline import default_pipeline
 from tests.synthetic import write_image_folder
-from tests.zoo.bugs import labels_shuffled_apart, lr_100x_too_high
+from tests.zoo.bugs import _with_lr, labels_shuffled_apart
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,10 @@ def test_a_linear_model_that_overfits_shapes_is_warned_not_failed(four_shapes, s
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.slow
 def test_an_overshooting_lr_is_still_failed_when_val_loss_is_worse(sample_data, seed):
-    result = _baseline(lr_100x_too_high(default_pipeline(TrainConfig(seed=seed), sample_data)), seed)
-    if result.details["real_loss"] < result.details["zero_loss"]:
-        pytest.skip("this seed's val loss ends below zero inputs': the over-confidence branch is not reached")
+    """Adam at lr 1.0, 1000x its default: the val loss ends ~10x the zero-input model's (lr_100x_too_high's
+    ends within 5% of it, on either side depending on the CPU, so it cannot pin this branch down)."""
+    result = _baseline(_with_lr(default_pipeline(TrainConfig(seed=seed), sample_data), 1.0), seed)
+    assert result.details["real_loss"] > 2 * result.details["zero_loss"]
     assert result.verdict is Verdict.FAIL and result.details["train_loss_jumped"], result.message
     assert "too high" in result.message
 

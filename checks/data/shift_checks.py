@@ -13,11 +13,11 @@ class mix (class_balance's finding) or different labels do not count as a shift.
 from __future__ import annotations
 
 import math
-import zlib
 
 import torch
 import torch.nn.functional as F
 
+from checks.measure.folds import content_folds
 from checks.engine.result import CheckResult, Figure, measured, not_applicable
 from recipe.data import unit_pixels
 from recipe.pipeline import Pipeline
@@ -87,13 +87,6 @@ def class_matched_sample(labels_a: torch.Tensor, labels_b: torch.Tensor, num_cla
         picked_a.append(in_a[torch.randperm(len(in_a), generator=generator)[:k]])
         picked_b.append(in_b[torch.randperm(len(in_b), generator=generator)[:k]])
     return torch.cat(picked_a), torch.cat(picked_b)
-
-
-def content_folds(images: torch.Tensor, folds: int) -> torch.Tensor:
-    """A fold per image from a checksum of its bytes: identical images share a fold, and the folds are
-    the same in every process (Python's own hash of bytes changes with each interpreter)."""
-    flat = images.flatten(1).contiguous().numpy()
-    return torch.tensor([zlib.crc32(row.tobytes()) % folds for row in flat])
 
 
 def held_out_auc(features: torch.Tensor, is_other: torch.Tensor, folds: torch.Tensor, ridge: float = 10.0

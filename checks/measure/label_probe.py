@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from checks.measure.near_copies import image_hashes
-from checks.data.shift_checks import content_folds
+from checks.measure.folds import content_folds
 from recipe.data import UINT8_RANGE, Split, unit_pixels
 from recipe.pipeline import Pipeline
 
