@@ -117,3 +117,18 @@ def test_label_noise_says_it_cannot_tell_on_hard_data_with_labels_noisy_everywhe
 def test_every_label_check_says_how_strong_its_evidence_is(check):
     result = data_stage(clean_pipelines(TrainConfig(), hard_data("random-shapes"))[f"{CLEAN}:linear"])[check]
     assert re.search(r"z = -?\d|standard errors", result.message), result.message
+
+
+@pytest.mark.slow  # 7 data sets x 2 pipelines, the whole preflight, ~3 s each
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("name", list(HARD_CLEAN))
+def test_clean_hard_data_fails_no_check_in_the_whole_preflight(name, kind):
+    """Not only the data stage: the skeleton and the baselines (short training runs on a hard task) must not
+    blame the code either. The gate is off so every stage runs."""
+    from checks.engine.runner import iter_results
+
+    pipeline = clean_pipelines(TrainConfig(seed=0), hard_data(name))[f"{CLEAN}:{kind}"]
+    torch.manual_seed(0)
+    blocking = [f"{r.name} {r.verdict.value}: {r.message}" for r in iter_results(pipeline, gate=False)
+                if r.verdict.blocks]
+    assert blocking == [], f"clean {name} ({kind}):\n" + "\n".join(blocking)
