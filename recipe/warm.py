@@ -116,10 +116,10 @@ def _refusal(reason: str) -> str:
             f"folder of your own")
 
 
-def _connect(environ: dict[str, str] | None = None) -> tuple[socket.socket | None, str | None]:
+def _connect() -> tuple[socket.socket | None, str | None]:
     """A connection to this user's own warm process for this code, or (None, why not). A missing
     folder or socket is no reason worth saying: no warm process was started."""
-    path = socket_path(environ)
+    path = socket_path()
     if not os.path.lexists(path.parent):
         return None, None
     reason = why_untrusted(path.parent)
@@ -223,8 +223,8 @@ def stop() -> bool:
     return True
 
 
-def running(environ: dict[str, str] | None = None) -> bool:
-    conn, _ = _connect(environ)
+def running() -> bool:
+    conn, _ = _connect()
     if conn is None:
         return False
     with conn:
