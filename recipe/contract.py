@@ -59,10 +59,19 @@ def _first_batch(pipeline: Pipeline) -> Batch:
         raise PipelineContractError(
             f"Pipeline.batches yielded a {type(batch).__name__}; it must yield recipe.data.Batch(x, y, idx), with "
             "idx the examples' positions in pipeline.data.<split> (the checks trace each example back through it)")
-    if batch.y.dtype.is_floating_point or batch.y.dtype == torch.bool or batch.y.dim() != 1:
+    tokens = pipeline.data.kind == "tokens"
+    if tokens and (batch.x.dtype.is_floating_point or batch.x.dim() != 2):
+        raise PipelineContractError(
+            f"Pipeline.batches yielded x of dtype {batch.x.dtype} and shape {list(batch.x.shape)} for token sequences; "
+            "x must be (B, T) integer token ids (embed them inside the model)")
+    wanted_dims = 2 if tokens else 1
+    if batch.y.dtype.is_floating_point or batch.y.dtype == torch.bool or batch.y.dim() != wanted_dims \
+            or (tokens and batch.y.shape != batch.x.shape):
+        want = ("(B, T) integer target ids, one per input position (the next token)" if tokens else
+                "(B,) integer class indices (one-hot or soft targets: pass y.argmax(1) and put the rest in loss_fn)")
         raise PipelineContractError(
             f"Pipeline.batches yielded labels y of dtype {batch.y.dtype} and shape {list(batch.y.shape)}; y must be "
-            "(B,) integer class indices (one-hot or soft targets: pass y.argmax(1) and put the rest in loss_fn)")
+            + want)
     if len(batch.y) != len(batch.x) or len(batch.idx) != len(batch.x):
         raise PipelineContractError(f"Pipeline.batches yielded x, y and idx of lengths {len(batch.x)}, {len(batch.y)} "
                                     f"and {len(batch.idx)}; they must be one row per example")

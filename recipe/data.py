@@ -13,7 +13,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -29,10 +29,18 @@ FULL_VAL_FRACTION = 1 / 12  # 60k train -> 55k train + 5k val
 FOLDER_TEST_FRACTION, FOLDER_VAL_FRACTION = 0.15, 0.1  # one folder of images: 15% test, then 10% of the rest val
 
 
+KINDS = ("image", "features", "tokens")  # what one example is; each check says which kinds it applies to
+KIND_SHAPES = {"image": "images (C, H, W)", "features": "feature vectors (D,)", "tokens": "token sequences (T,)"}
+
+
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # (N, C, H, W) raw pixels in the bundle's value_range (uint8 0..255 by default), on the device
-    labels: torch.Tensor  # (N,) int64, on the device
+    # The examples, whatever their kind (the name is the images' for history):
+    #   image:    (N, C, H, W) raw pixels in the bundle's value_range (uint8 0..255 by default)
+    #   features: (N, D) float feature values, raw (the pipeline standardises them)
+    #   tokens:   (N, T) int64 input ids in [0, V)
+    images: torch.Tensor
+    labels: torch.Tensor  # (N,) int64 class indices; for tokens (N, T) int64 targets (the next ids). On the device
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", class_indices(self.labels, "Split.labels"))
@@ -53,6 +61,21 @@ class DataBundle:
     # float images as ToTensor gives them. Normalisation, the integrity check and the figures read
     # pixels through it, so nothing else assumes 255.
     value_range: tuple[float, float] = UINT8_RANGE
+    kind: str = "image"  # one of KINDS: what an example is
+    # tokens only: ids -> text, to show inputs and samples; class_names is then the vocabulary (V = num_classes)
+    decode: Callable[[Sequence[int]], str] | None = None
+    pad_id: int | None = None  # tokens only: the id that marks padding (no loss on it, never attended to)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DataError(f"DataBundle.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind != "tokens" and (self.decode is not None or self.pad_id is not None):
+            raise DataError("DataBundle.decode and pad_id are for token sequences; set kind='tokens'")
+
+    @property
+    def examples(self) -> str:
+        """What one example is, in words: 'images (C, H, W)', 'token sequences (T,)' ..."""
+        return KIND_SHAPES[self.kind]
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]

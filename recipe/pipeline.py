@@ -52,7 +52,7 @@ class Pipeline:
     """
     name: str
     data: DataBundle
-    norm: NormStats
+    norm: NormStats | None  # None for token sequences; per feature (D values) for feature vectors
     batches: BatchFn
     make_model: Callable[[], nn.Module]
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,11 +72,11 @@ class Pipeline:
         for name in ("batches", "make_model", "loss_fn", "make_optimizer", "train_step"):
             if not callable(getattr(self, name)):
                 raise RecipeError(f"Pipeline.{name} must be callable, got {type(getattr(self, name)).__name__}")
-        if not isinstance(self.norm, NormStats):
+        if not isinstance(self.norm, NormStats) and not (self.norm is None and self.data.kind == "tokens"):
             raise RecipeError(f"Pipeline.norm must be a recipe.data.NormStats (NormStats(mean=..., std=...)), got "
-                              f"{type(self.norm).__name__}")
+                              f"{type(self.norm).__name__} (only token pipelines, which normalise nothing, take None)")
         images = self.data.train.images
-        if images.dim() == 4:  # the one form every reader of `norm` expects: (C, 1, 1) on the data's device
+        if self.data.kind == "image" and images.dim() == 4:  # the one form every reader of `norm` expects: (C, 1, 1) on the data's device
             object.__setattr__(self, "norm", self.norm.for_images(images.shape[1], images.device))
         if self.make_scheduler is not None and not callable(self.make_scheduler):
             raise RecipeError("Pipeline.make_scheduler must be None or a callable make_scheduler(optimizer)")
@@ -98,7 +98,11 @@ class Pipeline:
 
     @property
     def num_classes(self) -> int:
-        return self.data.num_classes
+        return self.data.num_classes  # the vocabulary size V for token sequences
+
+    @property
+    def kind(self) -> str:
+        return self.data.kind
 
     @property
     def steps_per_epoch(self) -> int:

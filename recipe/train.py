@@ -98,13 +98,16 @@ def evaluate(model: nn.Module, pipeline: Pipeline, split: str, max_batches: int 
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
+    pad_id = pipeline.data.pad_id  # token sequences: padded targets carry no loss and are not scored
     for i, batch in enumerate(pipeline.batches(split, shuffle=False, augment=False)):
         if max_batches is not None and i >= max_batches:
             break
-        logits = forward_logits(model, batch.x)
-        total_loss += float(pipeline.loss_fn(logits, batch.y)) * len(batch.y)
-        correct += (logits.argmax(1) == batch.y).sum().item()
-        count += len(batch.y)
+        logits = forward_logits(model, batch.x)  # (B, C) for classes, (B, T, V) for next tokens
+        scored = batch.y != pad_id if pad_id is not None else torch.ones_like(batch.y, dtype=torch.bool)
+        scored_count = int(scored.sum())
+        total_loss += float(pipeline.loss_fn(logits, batch.y)) * scored_count
+        correct += ((logits.argmax(-1) == batch.y) & scored).sum().item()
+        count += scored_count
     model.train(was_training)
     return {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}
 

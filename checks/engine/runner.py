@@ -13,6 +13,7 @@ import time
 import traceback
 from typing import Callable, Collection, Iterator
 
+from checks.engine.kinds import why_not
 from checks.engine.registry import CHECKS, CHECKS_BY_STAGE
 from checks.engine.result import STAGES, CheckResult, Verdict
 from recipe.contract import check_contract
@@ -25,6 +26,10 @@ def run_check(check: Callable[..., CheckResult], pipeline, stage: str, blocked_b
     name = check.__name__
     if blocked_by is not None:
         return CheckResult(name, stage, Verdict.SKIP, None, None, "", f"blocked by {blocked_by}")
+    kind = getattr(getattr(pipeline, "data", None), "kind", "image")
+    reason = why_not(check, kind)
+    if reason is not None:
+        return CheckResult(name, stage, Verdict.NA, None, None, "", reason)
     started = time.perf_counter()
     try:
         result = check(pipeline)
