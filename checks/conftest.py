@@ -66,10 +66,10 @@ def build_session_pipeline(config: pytest.Config):
     import torch
 
     from recipe.config import TrainConfig
-    from recipe.data import load_data
+    from recipe.all_sources import load_source
     from recipe.errors import RecipeError
     from recipe.pipeline import resolve_device
-    from recipe.user_code import make_pipeline
+    from recipe.user_code import make_pipeline, pipeline_spec_for
 
     state = config.stash[RESULTS_KEY]
     started = time.perf_counter()
@@ -81,8 +81,9 @@ def build_session_pipeline(config: pytest.Config):
         train_config = TrainConfig(**{f.name: config.getoption(f"--{f.name.replace('_', '-')}")
                                       for f in fields(TrainConfig)})
         device = resolve_device(config.getoption("--device"))
-        data = load_data(config.getoption("--data"), config.getoption("--data-dir"), device,
+        data = load_source(config.getoption("--data"), config.getoption("--data-dir"), device,
                          download=not config.getoption("--no-download"))
+        state.spec = pipeline_spec_for(state.spec, data)  # token data on the default pipeline: the tiny GPT
         state.pipeline = make_pipeline(state.spec, train_config, data)
     except RecipeError as err:
         raise pytest.UsageError(str(err)) from None

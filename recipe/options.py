@@ -10,14 +10,15 @@ REPORT_DIR: Option = ("--report-dir", {"default": "reports", "help": "where run 
 
 
 def data_options() -> list[Option]:
-    from recipe.data import SOURCES
+    from recipe.all_sources import SOURCES
     from recipe.pipeline import DEFAULT_PIPELINE
 
     return [
         ("--pipeline", {"default": DEFAULT_PIPELINE,
                         "help": "factory 'module:build' or 'file.py:build' returning a Pipeline (imports your code)"}),
         ("--data", {"default": "auto", "choices": SOURCES, "help": "data source (default: auto)"}),
-        ("--data-dir", {"default": "data", "help": "folder with the IDX files (default: ./data)"}),
+        ("--data-dir", {"default": "data", "help": "folder with the IDX files, or the file for --data text "
+                                                  "(default: ./data)"}),
         ("--no-download", {"action": "store_true", "help": "never try to download data"}),
         ("--device", {"default": "cpu", "help": "cpu, cuda or auto (default: cpu)"}),
         REPORT_DIR,

@@ -101,6 +101,17 @@ def _import(module_name: str):
     return importlib.import_module(module_name)
 
 
+DEFAULT_TOKEN_PIPELINE = "recipe.sequences:gpt_pipeline"
+
+
+def pipeline_spec_for(spec: str, data) -> str:
+    """The spec to build: the default pipeline classifies images and feature vectors, so token
+    sequences left on it get the tiny GPT (`--pipeline recipe.sequences:bigram_pipeline` for the bigram)."""
+    from recipe.pipeline import DEFAULT_PIPELINE
+
+    return DEFAULT_TOKEN_PIPELINE if spec == DEFAULT_PIPELINE and data.kind == "tokens" else spec
+
+
 def make_pipeline(spec: str, config, data):
     """Build the pipeline named by `spec`, checking that the factory kept the contract."""
     from recipe.pipeline import Pipeline

@@ -6,8 +6,10 @@ import math
 
 import torch
 
+from checks.engine.kinds import applies_to
 from checks.measure.reference_run import budgeted_training, reference_run
 from checks.engine.result import CheckResult, Figure, Verdict
+from checks.measure.predictions import label_counts, row_names
 from checks.measure.sampling import per_example
 from recipe.pipeline import Pipeline
 
@@ -30,6 +32,7 @@ def _loss_jumped(losses: list[float]) -> bool:
     return not math.isfinite(peak) or peak > 2 * abs(losses[0])
 
 
+@applies_to("image", "features", "tokens")
 def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_zero_gain: float = 0.15,
                                min_z: float = 3.0, min_loss_share: float = 0.02) -> CheckResult:
     """Train twice for the same short budget: on the real inputs (the shared reference run) and on
@@ -52,7 +55,7 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
     zero_right, zero_losses = per_example(pipeline, zero_model, "val", zero_inputs=True)
     real_acc, zero_acc = real_right.double().mean().item(), zero_right.double().mean().item()
     real_loss, zero_loss = real_losses.mean().item(), zero_losses.mean().item()
-    counts = torch.bincount(pipeline.data.val.labels, minlength=pipeline.num_classes)
+    counts = label_counts(pipeline, "val")  # token sequences: how often each id is a (non-pad) target
     majority = (counts.max() / counts.sum()).item()
     gain = real_acc - zero_acc
     figure = Figure("bars", "val after the same short training", {
@@ -142,6 +145,7 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
                        figures=[figure], details=details)
 
 
+@applies_to("image", "features", "tokens")
 def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_drop: float = 0.2,
                             min_progress: float = 0.02) -> CheckResult:
     """Over the shared short run the mean loss of the last window is below the first window's, and the
@@ -196,6 +200,7 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
                        figures=[figure], details=details)
 
 
+@applies_to("image", "features", "tokens")
 def prediction_dynamics(pipeline: Pipeline, min_gain: float = 0.1, min_progress: float = 0.01) -> CheckResult:
     """Predictions on a fixed val batch across the shared short run (Karpathy's "visualize prediction dynamics").
 
@@ -205,9 +210,8 @@ def prediction_dynamics(pipeline: Pipeline, min_gain: float = 0.1, min_progress:
     run = reference_run(pipeline)
     values = torch.stack(run.true_class_probability).T  # (examples, snapshots): probability of the true class
     y = run.watched_labels
-    names = pipeline.data.class_names
     figure = Figure("matrix", "probability of the true class on fixed val examples, across training", {
-        "values": values.numpy(), "rows": [f"#{i} {names[int(c)]}" for i, c in enumerate(y.tolist())],
+        "values": values.numpy(), "rows": [f"#{i} {name}" for i, name in enumerate(row_names(pipeline, y))],
         "cols": [str(step) for step in run.taken], "xlabel": "step", "ylabel": "example",
         "annotate": False})  # the colour bar reads it; 176 numbers were a third of the figures' drawing
     # The end is the mean over the last third of the snapshots, not the last one: in eval mode a model

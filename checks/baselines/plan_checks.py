@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from checks.engine.kinds import applies_to
 from checks.baselines.overfit_checks import overfit_one_batch
 from checks.measure.reference_run import reference_run
 from checks.engine.result import CheckResult, Verdict, measured, not_applicable
@@ -35,6 +36,7 @@ def half_way_step(losses: list[float], window: int = 10, min_fall: float = 0.05)
     return None
 
 
+@applies_to("image", "features", "tokens")
 def run_length(pipeline: Pipeline) -> CheckResult:
     """The configured run (epochs x batches per epoch, at the batch size the pipeline's loader really
     yields) must have at least as many steps as the baselines needed for their first progress:
@@ -58,7 +60,9 @@ def run_length(pipeline: Pipeline) -> CheckResult:
     to_memorise = int(memorised.details["steps"]) if memorised.verdict is Verdict.PASS else None
     run = reference_run(pipeline)
     half_way = half_way_step(run.losses)
-    needs = [n for n in (to_memorise, half_way) if n is not None]
+    # A table's achievable loss is far above 0 and a linear model on a few features needs big weights to
+    # memorise even D + 1 rows (iris, lr 0.01: 478 steps; its reference loss is half way down by step 31)
+    needs = [n for n in ((to_memorise,) if pipeline.kind != "features" else ()) + (half_way,) if n is not None]
     if not needs:
         return not_applicable("run_length", STAGE, f"no measured need to hold the configured {planned} steps against: "
                               "overfit_one_batch could not memorise a batch and the reference run's loss did not fall "

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Figure, Verdict, measured, not_applicable
 from checks.measure.sampling import stacked
 from recipe.data import pixel_mean_std, unit_pixels
@@ -14,6 +15,7 @@ STAGE = "data"
 SPLITS = ("train", "val", "test")
 
 
+@applies_to("image", "features")
 def integrity(pipeline: Pipeline) -> CheckResult:
     """Shapes, dtypes, NaN/Inf, raw pixels within the declared value range, labels in [0, C), non-empty
     splits, same label set everywhere.
@@ -26,6 +28,7 @@ def integrity(pipeline: Pipeline) -> CheckResult:
     num_classes = pipeline.num_classes
     label_sets = {}
     range_low, range_high = pipeline.data.value_range
+    in_range = pipeline.kind == "image"  # feature vectors declare no range: any finite value is a value
     if not range_low < range_high:
         problems.append(f"the declared value range {range_low:g}..{range_high:g} is empty")
     for name in SPLITS:
@@ -42,7 +45,7 @@ def integrity(pipeline: Pipeline) -> CheckResult:
         row.update({"min": low, "max": high, "nan_or_inf": bad})
         if bad:
             problems.append(f"{name}: {bad} NaN/Inf pixel values")
-        if low is not None and (low < range_low or high > range_high):
+        if in_range and low is not None and (low < range_low or high > range_high):
             problems.append(f"{name}: raw pixels span {low:g}..{high:g}, outside the declared range "
                             f"{range_low:g}..{range_high:g} (DataBundle.value_range)")
         if labels.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
@@ -59,8 +62,9 @@ def integrity(pipeline: Pipeline) -> CheckResult:
         if missing:
             names = [pipeline.data.class_names[c] for c in missing if 0 <= c < num_classes]
             problems.append(f"class {', '.join(map(str, names))} is missing from the {name} split")
-    message = (f"all splits are non-empty, finite, in the declared range {range_low:g}..{range_high:g}, with labels "
-               "in [0, C) and every class in every split" if not problems else
+    where = f", in the declared range {range_low:g}..{range_high:g}" if in_range else ""
+    message = (f"all splits are non-empty, finite{where}, with labels in [0, C) and every class in every split"
+               if not problems else
                "data integrity problems: " + "; ".join(problems) +
                ". Likely causes: a truncated or mis-parsed file, a filter that dropped a class, labels "
                "shifted or encoded differently (1-based?), NaNs from a bad conversion, images already "
@@ -84,6 +88,7 @@ def _range_and_nonfinite(images: torch.Tensor, chunk: int = 8192) -> tuple[float
     return low, high, bad
 
 
+@applies_to("image", "features")
 def class_balance(pipeline: Pipeline, max_ratio: float = 10.0, max_shift: float = 0.2) -> CheckResult:
     """Per-class counts per split, the majority class and what always predicting it scores.
 
@@ -124,6 +129,7 @@ def class_balance(pipeline: Pipeline, max_ratio: float = 10.0, max_shift: float 
                        max_shift, "<=", warn if imbalanced else ok, **extra)
 
 
+@applies_to("image", "features", "tokens")
 def split_sizes(pipeline: Pipeline) -> CheckResult:
     """Train must be the biggest split: a model learns from train, val and test only grade it.
 
@@ -154,6 +160,7 @@ def _effective_norm(pipeline: Pipeline, n_examples: int = 256) -> tuple[list[flo
     images = pipeline.data.train.images[idx]
     if x.numel() != images.numel():
         return [math.nan], [math.nan], math.inf
+    # (N, C, H*W) for images; (N, D, 1) for feature vectors, each feature a "channel" of its own
     pixels = unit_pixels(images, pipeline.data.value_range, torch.float64).reshape(len(idx), images.shape[1], -1)
     seen = x.double().reshape(pixels.shape)
     means, stds, error = [], [], 0.0
@@ -170,6 +177,16 @@ def _effective_norm(pipeline: Pipeline, n_examples: int = 256) -> tuple[list[flo
     return means, stds, error
 
 
+def _split_stats(pipeline: Pipeline, name: str) -> tuple[list[float], list[float]]:
+    """One split's own mean and std: per channel of the pixels, or per feature of the rows."""
+    images = pipeline.data.split(name).images
+    if pipeline.kind == "features":
+        rows = images.double()
+        return rows.mean(0).tolist(), rows.std(0).tolist()
+    return pixel_mean_std(images, pipeline.data.value_range)
+
+
+@applies_to("image", "features")
 def normalisation_stats_source(pipeline: Pipeline, exact: float = 1e-4) -> CheckResult:
     """The normalisation stats must come from the train split, never from val or test.
 
@@ -183,7 +200,7 @@ def normalisation_stats_source(pipeline: Pipeline, exact: float = 1e-4) -> Check
                            "preprocessing?), so the stats they use cannot be read off; nothing to compare.")
     distances = {}
     for name in SPLITS:
-        ms, ss = pixel_mean_std(pipeline.data.split(name).images, pipeline.data.value_range)
+        ms, ss = _split_stats(pipeline, name)
         distances[name] = max(abs(a - m) / s + abs(b - s) / s for a, b, m, s in zip(mean, std, ms, ss) if s > 0)
     closest = min(distances, key=distances.get)
     details = {"applied_mean": mean, "applied_std": std, "distance_to_split_stats": distances}
@@ -201,6 +218,7 @@ def normalisation_stats_source(pipeline: Pipeline, exact: float = 1e-4) -> Check
     return CheckResult("normalisation_stats_source", STAGE, Verdict.PASS, held_out, exact, ">=", ok, details=details)
 
 
+@applies_to("image", "features")
 def input_normalisation(pipeline: Pipeline, std_range: tuple[float, float] = (0.5, 2.0),
                         max_abs_mean: float = 1.0, n_examples: int = 1024) -> CheckResult:
     """Mean and std of the normalised train batches, exactly what the net is fed.
@@ -241,13 +259,19 @@ def input_normalisation(pipeline: Pipeline, std_range: tuple[float, float] = (0.
                        figures=[figure], details=details)
 
 
-def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_examples: int = 2048) -> CheckResult:
+@applies_to("image", "features")
+def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_examples: int = 2048,
+                max_table_feature_r2: float = 0.99) -> CheckResult:
     """No single input feature may predict the label almost perfectly ("the target leaks into the input").
 
     For each feature of the batches the net sees, the correlation ratio eta^2 = between-class
     variance / total variance says how much of it the label explains. On real images no single
-    pixel comes close to 1; a pixel that encodes the label does.
+    pixel comes close to 1; a pixel that encodes the label does. A table's columns are chosen for
+    what they say, and one can honestly explain most of the label (iris's petal length: 94%), so for
+    feature vectors the limit is `max_table_feature_r2`: only a near-copy of the label is flagged.
     """
+    if pipeline.kind == "features":
+        max_single_feature_r2 = max(max_single_feature_r2, max_table_feature_r2)
     x, y, _ = stacked(pipeline, "train", n_examples)
     in_range = (y >= 0) & (y < pipeline.num_classes)  # labels out of range are integrity's finding, not a crash here
     x, y = x[in_range], y[in_range]
@@ -265,7 +289,7 @@ def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_exampl
     best = int(eta2.argmax())
     value = eta2[best].item()
     where = f"feature {best}"
-    if x[0].shape == pipeline.data.train.images[0].shape:  # images as (C, H, W): name the pixel
+    if x.dim() == 4 and x[0].shape == pipeline.data.train.images[0].shape:  # images as (C, H, W): name the pixel
         channels, height, width = x.shape[1:]
         channel, row, col = best // (height * width), best // width % height, best % width
         where = f"pixel (row {row}, col {col}" + (f", channel {channel})" if channels > 1 else ")")
@@ -273,7 +297,8 @@ def target_leak(pipeline: Pipeline, max_single_feature_r2: float = 0.9, n_exampl
           f"{value:.1%} of its variance by class (limit {max_single_feature_r2:.0%}).")
     fail = (f"the target leaks into the input: {where} alone explains {value:.1%} of its variance by the label "
             f"(limit {max_single_feature_r2:.0%}). A label (or something derived from it) is written into the "
-            "inputs, e.g. an index/ID column or a marker pixel; the model will learn the shortcut.")
+            "inputs, e.g. an index/ID column, a column computed from the target, or a marker pixel; the model "
+            "will learn the shortcut.")
     return measured("target_leak", STAGE, value, max_single_feature_r2, "<=", ok, fail,
                     details={"feature": best, "eta_squared": value})
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from checks.measure.predictions import true_class_probability
 from checks.measure.sampling import PlannedSchedule, behaves_differently_in_eval, first_batches, fresh_model, generator
 from checks.measure.step_budget import StepPlan, plan_steps
 from recipe.outputs import forward_logits
@@ -124,11 +125,12 @@ def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = Fal
     def snapshot() -> None:
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
-        with torch.no_grad():
-            probabilities = torch.softmax(forward_logits(model, watched_x).float(), 1)
+        with torch.no_grad():  # (B,): for token sequences the mean over each one's scored positions
+            probabilities = true_class_probability(forward_logits(model, watched_x), run.watched_labels,
+                                                   pipeline.data.pad_id)
         for module, training in modes:  # each module as the step left it: model.train() would hide one left in eval
             module.training = training
-        run.true_class_probability.append(probabilities[torch.arange(len(run.watched_labels)), run.watched_labels].cpu())
+        run.true_class_probability.append(probabilities.cpu())
         run.taken.append(len(run.losses))
 
     if watch:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from checks.measure.predictions import scored
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import step_scheduler, take_step, training_objects
@@ -78,10 +79,12 @@ def capture_model_input(pipeline: Pipeline) -> tuple[torch.Tensor | None, torch.
 
 
 def denormalise(pipeline: Pipeline, x: torch.Tensor) -> torch.Tensor:
-    """Undo the pipeline's declared per-channel normalisation: back to pixels in [0, 1], shape (B, C, H, W)."""
+    """Undo the pipeline's declared per-channel normalisation: back to pixels in [0, 1], shape (B, C, H, W);
+    for feature vectors, per feature: back to the raw rows (B, D)."""
     shape = pipeline.data.train.images.shape[1:]
-    pixels = x.reshape(len(x), *shape) * pipeline.norm.std.to(x.device) + pipeline.norm.mean.to(x.device)
-    return pixels
+    view = (-1, *[1] * (len(shape) - 1))  # (C, 1, 1) over (C, H, W); (D,) over a feature row
+    std, mean = (getattr(pipeline.norm, k).to(x.device).reshape(view) for k in ("std", "mean"))
+    return x.reshape(len(x), *shape) * std + mean
 
 
 def short_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False, record=None,
@@ -206,15 +209,16 @@ def planned_lr_curve(pipeline: Pipeline) -> PlannedLr:
 def per_example(pipeline: Pipeline, model: nn.Module, split: str, max_examples: int = 5000,
                 zero_inputs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Whether each example of part of a split is classified right, and its cross-entropy (of the
-    logits, whatever the pipeline's loss), in the split's order: two runs can be compared example by example."""
+    logits, whatever the pipeline's loss), in the split's order: two runs can be compared example by example.
+    For token sequences each scored position (target not padding) is one example."""
     was_training = model.training
     model.eval()
     correct, losses, count = [], [], 0
     for batch in pipeline.batches(split, shuffle=False, augment=False):
         x = torch.zeros_like(batch.x) if zero_inputs else batch.x
-        logits = forward_logits(model, x)
-        correct.append((logits.argmax(1) == batch.y).cpu())
-        losses.append(nn.functional.cross_entropy(logits.float(), batch.y, reduction="none").double().cpu())
+        logits, y = scored(forward_logits(model, x), batch.y, pipeline.data.pad_id)  # tokens: one row per position
+        correct.append((logits.argmax(1) == y).cpu())
+        losses.append(nn.functional.cross_entropy(logits.float(), y, reduction="none").double().cpu())
         count += len(batch.y)
         if count >= max_examples:
             break
@@ -229,17 +233,17 @@ def accuracy_and_loss(pipeline: Pipeline, model: nn.Module, split: str, max_exam
     return correct.double().mean().item(), losses.mean().item()
 
 
-FAMILIES = {"logits": lambda z: z, "log-probabilities": lambda z: torch.log_softmax(z, 1),
-            "probabilities": lambda z: torch.softmax(z, 1)}
+FAMILIES = {"logits": lambda z: z, "log-probabilities": lambda z: torch.log_softmax(z, -1),
+            "probabilities": lambda z: torch.softmax(z, -1)}
 
 
 def output_family(out: torch.Tensor) -> str:
-    """How a model's (B, C) outputs are constrained: log-probabilities (every row's logsumexp is 0),
-    probabilities (rows of non-negative values summing to 1), or free logits."""
-    ones = torch.ones(len(out), device=out.device)
-    if (out <= 0).all() and torch.allclose(out.exp().sum(1), ones, atol=1e-3):
+    """How a model's (B, C) (or (B, T, V)) outputs are constrained: log-probabilities (every row's logsumexp
+    is 0), probabilities (rows of non-negative values summing to 1), or free logits."""
+    ones = torch.ones(out.shape[:-1], device=out.device)
+    if (out <= 0).all() and torch.allclose(out.exp().sum(-1), ones, atol=1e-3):
         return "log-probabilities"
-    if (out >= 0).all() and torch.allclose(out.sum(1), ones, atol=1e-3):
+    if (out >= 0).all() and torch.allclose(out.sum(-1), ones, atol=1e-3):
         return "probabilities"
     return "logits"
 
@@ -260,8 +264,8 @@ def loss_floor(pipeline: Pipeline, outputs_at_init: torch.Tensor, y: torch.Tenso
     after a log_softmax model has its true floor 0.
     """
     out = outputs_at_init.detach().float()
-    if out.dim() != 2 or out.shape[0] != len(y):
-        return 0.0, 1.0  # not (B, C) outputs: output_sanity says so; judge against the cross-entropy floor
+    if out.dim() < 2 or tuple(out.shape[:-1]) != tuple(y.shape):
+        return 0.0, 1.0  # not (B, C) or (B, T, V) outputs: output_sanity says so; judge against the cross-entropy floor
     squash = FAMILIES[family or output_family(out)]
     z = torch.zeros_like(out, requires_grad=True)
     optimizer = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.9))
@@ -278,7 +282,8 @@ def loss_floor(pipeline: Pipeline, outputs_at_init: torch.Tensor, y: torch.Tenso
         loss.backward()
         optimizer.step()
         schedule.step()
-    accuracy = (squash(best_z).argmax(1) == y).float().mean().item()
+    best_out, scored_y = scored(squash(best_z), y, pipeline.data.pad_id)  # padding carries no loss: not scored
+    accuracy = (best_out.argmax(-1) == scored_y).float().mean().item()
     return best, accuracy
 
 

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Verdict
 from checks.measure.sampling import PlannedSchedule, first_batches, fresh_model
 from recipe.outputs import forward_logits
@@ -99,6 +100,7 @@ def _learns_from_input(model: nn.Module, x: torch.Tensor) -> bool:
     return not torch.allclose(input_gradient(), before, rtol=1e-4, atol=1e-9)
 
 
+@applies_to("image", "features", "tokens")
 def gradient_flow(pipeline: Pipeline, calls: int = 8, rtol: float = 1e-3) -> CheckResult:
     """`calls` steps of the pipeline's own step on one batch, its schedule followed as in `fit`.
 

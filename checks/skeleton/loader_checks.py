@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Figure, Verdict, holds, not_applicable
 from checks.measure.sampling import capture_model_input, denormalise, first_batches, generator
 from recipe.data import unit_pixels
@@ -72,24 +73,38 @@ def _pairing_mismatches(pipeline: Pipeline, split: str, batches) -> dict[str, in
     counts = {"examples": 0, "label_mismatches": 0, "pixel_mismatches": 0, "shifted": 0}
     for batch in batches:
         labels = source.labels[batch.idx]
-        counts["label_mismatches"] += (batch.y != labels).sum().item()
+        counts["label_mismatches"] += _rows(batch.y != labels)
         neighbours = (source.labels[(batch.idx + 1) % len(source)], source.labels[(batch.idx - 1) % len(source)],
-                      labels.roll(1), labels.roll(-1))  # the next example in the source, or in the batch
-        counts["shifted"] += max((batch.y == n).sum().item() for n in neighbours)
+                      labels.roll(1, 0), labels.roll(-1, 0))  # the next example in the source, or in the batch
+        counts["shifted"] += max(len(batch.y) - _rows(batch.y != n) for n in neighbours)
+        if pipeline.kind == "tokens":  # ids are not normalised: they must equal the source's, id for id
+            same_shape = batch.x.shape == source.images[batch.idx].shape
+            counts["pixel_mismatches"] += _rows(batch.x != source.images[batch.idx]) if same_shape else len(batch.y)
+            counts["examples"] += len(batch.y)
+            continue
         pixels = unit_pixels(source.images[batch.idx], pipeline.data.value_range)  # [0, 1], as denormalise gives
         if batch.x.numel() != pixels.numel():
             counts["pixel_mismatches"] += len(batch.y)
         else:
             seen = denormalise(pipeline, batch.x.float())
-            counts["pixel_mismatches"] += ((seen - pixels.reshape(seen.shape)).abs().flatten(1).amax(1)
-                                           > PIXEL_TOLERANCE).sum().item()
+            pixels = pixels.reshape(seen.shape)
+            # features are raw values in their own units (an area of 2500): float32 round trips err in proportion
+            tolerance = FEATURE_TOLERANCE * (1 + pixels.abs()) if pipeline.kind == "features" else PIXEL_TOLERANCE
+            counts["pixel_mismatches"] += ((seen - pixels).abs() > tolerance).flatten(1).any(1).sum().item()
         counts["examples"] += len(batch.y)
     return counts
 
 
+def _rows(differs: torch.Tensor) -> int:
+    """How many examples (rows) hold a difference: a label, or any target of a (B, T) sequence."""
+    return int(differs.reshape(len(differs), -1).any(1).sum()) if differs.dim() else int(differs)
+
+
 PIXEL_TOLERANCE = 0.5 / 255  # half an 8-bit grey level in [0, 1] pixels, after undoing the declared normalisation
+FEATURE_TOLERANCE = 1e-5  # relative: ~100 float32 roundings of (x - mean) / std and back; any real change is far more
 
 
+@applies_to("image", "features", "tokens")
 def label_pairing(pipeline: Pipeline, n_batches: int = 20, n_eval_batches: int = 5) -> CheckResult:
     """Every (x, y) that reaches the model equals the source item at that example's index, in train
     (shuffled, as training draws it) and in val and test (in order, as evaluation draws them).
@@ -127,11 +142,15 @@ def _pairing_problem(pipeline: Pipeline, split: str, counts: dict[str, int]) -> 
                  if counts["shifted"] > 0.95 * total else "labels are shuffled apart from the images")
         return (f"{split}: {counts['label_mismatches']} of {total} labels differ from the source label at the "
                 f"example's index: {cause}. Index images and labels with the same permutation, in the same place")
+    if pipeline.kind == "tokens":
+        return (f"{split}: {counts['pixel_mismatches']} of {total} input sequences differ from the source ids at their "
+                "index: the loader changes, drops or shifts tokens, or indexes inputs and targets differently")
     return (f"{split}: {counts['pixel_mismatches']} of {total} inputs differ from the source image at their index "
             f"after undoing the declared normalisation ({pipeline.norm.describe()}): "
             "an extra transform, a second normalisation, or something written into the pixels")
 
 
+@applies_to("image", "features", "tokens")
 def batch_sampling(pipeline: Pipeline, min_mixing: float = 0.5) -> CheckResult:
     """One training epoch visits every example exactly once, in shuffled, class-mixed batches.
 
@@ -150,9 +169,12 @@ def batch_sampling(pipeline: Pipeline, min_mixing: float = 0.5) -> CheckResult:
     positions = torch.arange(len(order), dtype=torch.float64)
     rank_corr = torch.corrcoef(torch.stack([positions, order.double()]))[0, 1].item() if len(order) > 1 else 0.0
     size = max(set(sizes), key=sizes.count)
-    counts = torch.bincount(labels, minlength=classes).double() / n
-    expected = (1 - (1 - counts) ** size).sum().item()  # distinct classes in a random batch of that size
-    mixing = sum(distinct) / len(distinct) / expected
+    if labels.dim() == 1:
+        counts = torch.bincount(labels, minlength=classes).double() / n
+        expected = (1 - (1 - counts) ** size).sum().item()  # distinct classes in a random batch of that size
+        mixing = sum(distinct) / len(distinct) / expected
+    else:  # token sequences have no class per example to sort by: mixing is not measured
+        expected, mixing = math.nan, math.nan
     repeats = len(order) / n
     # (value, threshold, comparison, problem) per criterion; the first one missed is the one shown.
     criteria = [
@@ -165,13 +187,14 @@ def batch_sampling(pipeline: Pipeline, min_mixing: float = 0.5) -> CheckResult:
         (mixing, min_mixing, ">=", f"batches hold {sum(distinct) / len(distinct):.1f} distinct classes on average "
          f"where a shuffled batch of {size} holds {expected:.1f}: the data is sorted by class and not shuffled"),
     ]
-    missed = [c for c in criteria if not holds(c[0], c[2], c[1])]
+    missed = [c for c in criteria if math.isfinite(c[0]) and not holds(c[0], c[2], c[1])]
     problems = list(dict.fromkeys(c[3] for c in missed))  # same batch every time misses coverage and repeats
     details = {"coverage": coverage, "index_order_correlation": rank_corr, "class_mixing": mixing,
                "examples_per_epoch_ratio": repeats}
+    mixed = f", with {mixing:.0%} of the class mixing of random batches" if math.isfinite(mixing) else ""
     message = (f"one epoch covers {coverage:.1%} of train once, in shuffled order (position/index correlation "
-               f"{rank_corr:.2f}), with {mixing:.0%} of the class mixing of random batches." if not problems
+               f"{rank_corr:.2f}){mixed}." if not problems
                else "; ".join(problems) + ".")
-    value, threshold, comparison, _ = missed[0] if missed else criteria[-1]
+    value, threshold, comparison, _ = missed[0] if missed else [c for c in criteria if math.isfinite(c[0])][-1]
     return CheckResult("batch_sampling", STAGE, Verdict.FAIL if problems else Verdict.PASS, value, threshold,
                        comparison, message, details=details)

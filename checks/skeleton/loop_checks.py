@@ -11,6 +11,7 @@ import warnings
 
 import torch
 
+from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Figure, Verdict
 from checks.measure.sampling import fresh_model, planned_lr_curve
 from recipe.optim import describe_optimizer, describe_scheduler
@@ -40,6 +41,7 @@ def _replayed_lrs(pipeline: Pipeline, epochs: int, batches: int, val_losses: lis
     return lrs
 
 
+@applies_to("image", "features", "tokens")
 def fit_dry_run(pipeline: Pipeline, epochs: int = 2, batches: int = 3) -> CheckResult:
     """Run `fit` itself for `epochs` epochs of `batches` batches (val and test cut to `batches` too).
 

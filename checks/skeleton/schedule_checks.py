@@ -16,6 +16,7 @@ import re
 
 import torch
 
+from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Verdict, measured, not_applicable
 from checks.measure.sampling import PlannedLr, planned_lr_curve
 from recipe.pipeline import Pipeline
@@ -98,6 +99,7 @@ def rebound(lrs: list[float], fall: float) -> tuple[int, float, float] | None:
     return None
 
 
+@applies_to("image", "features", "tokens")
 def lr_schedule(pipeline: Pipeline, collapse_ratio: float = 1e-3, collapse_before: float = 0.5,
                 fall: float = 0.5, horizon_factor: float = 5.0) -> CheckResult:
     """Judge the planned lr of the whole configured run. FAILs when:

@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
+from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Figure, Verdict, measured
+from checks.measure.predictions import label_counts, scored_positions
 from checks.measure.reference_run import reference_run
 from checks.measure.sampling import first_batches, fresh_model, short_training
 from recipe.outputs import forward_logits
@@ -16,6 +18,7 @@ from recipe.pipeline import Pipeline
 STAGE = "skeleton"
 
 
+@applies_to("image", "features", "tokens")
 def determinism(pipeline: Pipeline, steps: int = 20) -> CheckResult:
     """Two runs with the same seed must give identical losses for the first `steps` steps (the first is
     the start of the shared reference run, which the baselines use too)."""
@@ -31,28 +34,31 @@ def determinism(pipeline: Pipeline, steps: int = 20) -> CheckResult:
     return measured("determinism", STAGE, float(len(differing)), 0.0, "==", ok, fail, figures=[figure])
 
 
+@applies_to("image", "features", "tokens")
 def output_sanity(pipeline: Pipeline) -> CheckResult:
-    """Output shape [B, C], finite values, and logits that are not already probabilities."""
+    """Output shape [B, C] ([B, T, V] for token sequences: next-token logits at every position), finite
+    values, and logits that are not already probabilities."""
     batch = first_batches(pipeline, "train", 1)[0]
     model = fresh_model(pipeline)
     model.eval()
     with torch.no_grad():
         out = forward_logits(model, batch.x)
     problems = []
-    expected = (len(batch.y), pipeline.num_classes)
+    expected = (*batch.y.shape, pipeline.num_classes)  # (B, C), or (B, T, V) for (B, T) next-token targets
+    wanted = "[B, T, V]" if batch.y.dim() == 2 else "[B, C]"
     if not isinstance(out, torch.Tensor):
         problems.append(f"the model returns {type(out).__name__}, expected a tensor of logits {expected}")
     else:
         if tuple(out.shape) != expected:
-            problems.append(f"the model output has shape {tuple(out.shape)}, expected [B, C] = {list(expected)}")
+            problems.append(f"the model output has shape {tuple(out.shape)}, expected {wanted} = {list(expected)}")
         if not out.is_floating_point():
             problems.append(f"the model output has dtype {out.dtype}, expected floating point logits")
         elif not torch.isfinite(out).all():
             problems.append("the model output has NaN/Inf at init: check the init and any log/exp/division")
-        elif out.dim() == 2 and out.shape[1] > 1:
-            rows_sum = out.sum(1)
+        elif out.dim() == len(expected) and out.shape[-1] > 1:
+            rows_sum = out.sum(-1)
             probabilities = (out.min() >= 0) & (out.max() <= 1) & torch.allclose(rows_sum, torch.ones_like(rows_sum), atol=1e-3)
-            log_probabilities = (out.max() <= 0) & torch.allclose(out.exp().sum(1), torch.ones_like(rows_sum), atol=1e-3)
+            log_probabilities = (out.max() <= 0) & torch.allclose(out.exp().sum(-1), torch.ones_like(rows_sum), atol=1e-3)
             if probabilities:
                 problems.append("the outputs are already probabilities (in [0, 1], rows sum to 1): a softmax sits "
                                 "before a cross-entropy that expects logits. Remove the softmax from the model")
@@ -65,8 +71,11 @@ def output_sanity(pipeline: Pipeline) -> CheckResult:
                        0.0, "==", message)
 
 
+@applies_to("image", "features", "tokens")
 def loss_at_init(pipeline: Pipeline, tolerance: float = 0.05, max_examples: int = 5000) -> CheckResult:
-    """Karpathy's "verify loss @ init": the untrained model's loss on val should be ln(C), graded.
+    """Karpathy's "verify loss @ init": the untrained model's loss on val should be ln(C), graded. For
+    token sequences C is the vocabulary size V, and the loss is over the positions whose target is not
+    padding (each batch weighted by how many it holds); the class prior is the unigram of the targets.
 
     Why these limits: random logits of std s per class score about ln(C) + s^2/2 while s is small,
     whatever C, so the excess over ln(C) measures the init's logit scale in nats. `tolerance` (0.05)
@@ -85,8 +94,9 @@ def loss_at_init(pipeline: Pipeline, tolerance: float = 0.05, max_examples: int 
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in pipeline.batches("val", shuffle=False, augment=False):
-            total += pipeline.loss_fn(forward_logits(model, batch.x), batch.y).item() * len(batch.y)
-            count += len(batch.y)
+            weight = int(scored_positions(batch.y, pipeline.data.pad_id))  # B, or the scored tokens of (B, T)
+            total += pipeline.loss_fn(forward_logits(model, batch.x), batch.y).item() * weight
+            count += weight
             if count >= max_examples:
                 break
     loss = total / count
@@ -94,8 +104,8 @@ def loss_at_init(pipeline: Pipeline, tolerance: float = 0.05, max_examples: int 
     ideal = math.log(classes)
     with torch.no_grad():
         logits = forward_logits(model, first_batches(pipeline, "val", 1, shuffle=False)[0].x)
-    uniform = logits.dim() == 2 and bool((logits.max(1).values - logits.min(1).values).abs().max() < 1e-6)
-    prior = torch.bincount(pipeline.data.train.labels, minlength=classes).double()
+    uniform = logits.dim() >= 2 and bool((logits.max(-1).values - logits.min(-1).values).abs().max() < 1e-6)
+    prior = label_counts(pipeline, "train").double()
     prior = prior[prior > 0] / prior.sum()
     entropy = -(prior * prior.log()).sum().item()
     excess = loss - ideal if math.isfinite(loss) else math.inf
@@ -134,6 +144,7 @@ def loss_at_init(pipeline: Pipeline, tolerance: float = 0.05, max_examples: int 
                   "class-prior entropy and ln(C).")
 
 
+@applies_to("image", "features", "tokens")
 def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
     """Backprop from one example's output: only that example's input may get a gradient.
 
@@ -149,6 +160,8 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
             with torch.no_grad():
                 parameter.normal_(0, 0.01)
     example = min(example, len(batch.x) - 1)
+    if not batch.x.is_floating_point():  # token ids have no gradient: change the ids and watch the output
+        return _ids_independence(pipeline, model, batch.x, example)
     zero_inputs: list[str] = []  # modules, in call order, whose input is all zero for the example
 
     def record(name: str):
@@ -194,6 +207,40 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
                        f"{len(others)} examples is 0).", details=details)
 
 
+@torch.no_grad()
+def _ids_independence(pipeline: Pipeline, model: nn.Module, x: torch.Tensor, example: int) -> CheckResult:
+    """batch_independence for integer inputs (token ids): replace the other examples' ids by random ones,
+    then the example's own, and see which change moves the example's output beyond float noise."""
+    generator = torch.Generator().manual_seed(pipeline.config.seed)
+
+    def moved(rows: list[int]) -> float:
+        changed = x.clone()
+        for row in rows:  # every id changed, so the change cannot be a no-op
+            shift = torch.randint(1, pipeline.num_classes, x[row].shape, generator=generator).to(x.device)
+            changed[row] = (x[row] + shift) % pipeline.num_classes
+        return (forward_logits(model, changed)[example].float() - base).abs().max().item()
+
+    base = forward_logits(model, x)[example].float()
+    noise = 1e-6 + 1e-5 * base.abs().max().item()
+    others = [i for i in range(len(x)) if i != example]
+    leaked = [i for i in others if moved([i]) > noise] if moved(others) > noise else []
+    own = moved([example])
+    details = {"own_change": own, "examples_reached": len(leaked), "noise": noise}
+    if own <= noise:
+        return CheckResult("batch_independence", STAGE, Verdict.FAIL, own, noise, ">",
+                           f"changing every id of example {example} leaves its output unchanged (by {own:.2g}): the "
+                           "model ignores its input (the input is detached, replaced or unused).", details=details)
+    if leaked:
+        return CheckResult("batch_independence", STAGE, Verdict.FAIL, float(len(leaked)), 0.0, "==",
+                           f"example {example}'s output changes when the ids of {len(leaked)} other examples change: "
+                           "information is mixed across the batch (attention or a reshape over the batch dimension, "
+                           "a view where a transpose was needed).", details=details)
+    return CheckResult("batch_independence", STAGE, Verdict.PASS, 0.0, 0.0, "==",
+                       f"example {example}'s output moves when its own ids change ({own:.2g}) and not when the ids "
+                       f"of the other {len(others)} examples change.", details=details)
+
+
+@applies_to("image", "features", "tokens")
 def eval_determinism(pipeline: Pipeline, rtol: float = 1e-5, atol: float = 1e-6) -> CheckResult:
     """Two eval-mode passes over the same batch must give the same outputs.
 

@@ -21,6 +21,7 @@ import torch.nn.utils as nn_utils
 import torch.nn.utils.clip_grad as clip_grad_module
 from torch import nn
 
+from checks.engine.kinds import applies_to
 from checks.measure.reference_run import reference_run
 from checks.engine.result import CheckResult, Verdict, not_applicable
 from checks.measure.sampling import first_batches, fresh_model
@@ -120,6 +121,7 @@ def _watched_calls(pipeline: Pipeline, calls: int) -> ClipWatch:
     return watch
 
 
+@applies_to("image", "features", "tokens")
 def gradient_clipping(pipeline: Pipeline, calls: int = CLIP_CALLS) -> CheckResult:
     """The gradients each optimizer.step() uses must be the ones the step clipped.
 
@@ -181,6 +183,7 @@ def _named(modules: dict[str, nn.Module], names) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
+@applies_to("image", "features", "tokens")
 def train_mode_kept(pipeline: Pipeline) -> CheckResult:
     """Every training forward of the shared reference run must run dropout, BatchNorm and the other
     layers that compute differently in eval mode in the mode model.train() gives them (as fit sets it
