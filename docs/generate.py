@@ -29,10 +29,11 @@ spelled out in its message. A check that does not apply to a pipeline says N/A a
 under pytest, a skip). The shown value, comparison and threshold agree with the verdict: the
 comparison holds for PASS and WARN and fails for a FAIL, and a check with several criteria shows
 the one that decided. Which valid configurations and real models must FAIL none of them, and how
-that was measured: [matrices.md](matrices.md).
+that was measured: [matrices.md](matrices.md). The kinds column says which examples a check applies to
+(`@applies_to` in its module: images, feature vectors, token sequences); on the others it is N/A.
 
-| stage | check | FAILs when |
-|---|---|---|
+| stage | check | kinds | FAILs when |
+|---|---|---|---|
 """
 
 FOOTER = """
@@ -85,6 +86,14 @@ def registered() -> list[tuple[str, str]]:
     return [(stage, check.__name__) for stage, checks in CHECKS_BY_STAGE.items() for check in checks]
 
 
+def kinds(name: str) -> str:
+    """The kinds of example a registered check applies to, as the table shows them."""
+    from checks.engine.kinds import kinds_of
+    from checks.engine.registry import CHECKS
+
+    return ", ".join(kinds_of(CHECKS[name][1]))
+
+
 def problems() -> list[str]:
     """What keeps the page from being generated: a registered check with no row, a row with no check."""
     names, rows = [name for _, name in registered()], fails_when()
@@ -103,7 +112,8 @@ def render() -> str:
         raise ValueError("cannot generate docs/checks.md:\n  " + "\n  ".join(found))
     checks, rows = registered(), fails_when()
     stages = list(dict.fromkeys(stage for stage, _ in checks))
-    lines = [f"| {stage} | `{name}` | {rows[name].replace('|', chr(92) + '|')} |" for stage, name in checks]
+    lines = [f"| {stage} | `{name}` | {kinds(name)} | {rows[name].replace('|', chr(92) + '|')} |"
+             for stage, name in checks]
     header = HEADER.format(count=len(checks), stages=", ".join(f"`{stage}`" for stage in stages))
     return header + "\n".join(lines) + "\n" + FOOTER
 

@@ -14,6 +14,10 @@ augmentation belongs in the pipeline's `augment`, where the checks can see it.
 Images that are all whole 8-bit levels (k / 255, as ToTensor makes of PNGs, JPEGs and CIFAR-10) are
 kept as uint8, 4x smaller and exact; any other float image (a Resize with antialiasing, a float
 source) keeps every split as float32 with the declared value range (0, 1), so nothing is quantised.
+
+Items whose input is a 1-D float vector (D,) (a tensor or numpy array) are rows of a table: they
+make a features bundle (recipe/features.py), raw values kept, standardised per feature by the
+pipeline with train's stats.
 """
 from __future__ import annotations
 
@@ -35,7 +39,10 @@ LEVEL_TOLERANCE = 1e-6  # float32 k / 255 is within ~3e-8 of k / 255: anything f
 
 def bundle_from_datasets(train, test, val=None, *, class_names: Sequence[str] | None = None,
                          source: str = "datasets", device: str | torch.device = "cpu") -> DataBundle:
-    """Read the datasets into a DataBundle; with no `val`, hold one out of train, stratified by class."""
+    """Read the datasets into a DataBundle; with no `val`, hold one out of train, stratified by class.
+    Datasets of 1-D float vectors (D,) give a features bundle (recipe/features.py) instead."""
+    if _row_kind(train) == "features":
+        return _feature_bundle(train, test, val, class_names, source, device)
     splits = {"train": _read(train, "train"), "test": _read(test, "test")}
     if val is not None:
         splits["val"] = _read(val, "val")
@@ -59,6 +66,68 @@ def bundle_from_datasets(train, test, val=None, *, class_names: Sequence[str] | 
     reason = f"read from {type(train).__name__} datasets ({', '.join(f'{k} {len(v)}' for k, v in moved.items())})"
     return DataBundle(moved["train"], moved["val"], moved["test"], names, source, reason,
                       value_range=UNIT_RANGE if as_float else UINT8_RANGE)
+
+
+def _row_kind(dataset) -> str:
+    """'features' when the first item is a 1-D float vector; token sequences (1-D integer ids) are refused
+    here, with where to go instead; anything else is read as an image (and judged by `_item`)."""
+    item = dataset[0] if _has_items(dataset) else None
+    x = _named(item, IMAGE_KEYS, "input", "train", 0) if isinstance(item, Mapping) else \
+        item[0] if isinstance(item, (tuple, list)) and len(item) >= 2 else None
+    if not isinstance(x, (torch.Tensor, np.ndarray)):  # PIL images and the like
+        return "image"
+    x = torch.as_tensor(x)
+    if x.dim() != 1:
+        return "image"
+    if not x.is_floating_point():
+        raise DataError(f"train item 0 is a 1-D {x.dtype} tensor: token sequences are read by "
+                        "recipe.token_datasets.bundle_from_token_ids(train, test, vocab=...). Feature vectors must be float")
+    return "features"
+
+
+def _has_items(dataset) -> bool:
+    try:
+        return len(dataset) > 0
+    except TypeError:
+        return False  # `_read` says what is wrong
+
+
+def _feature_bundle(train, test, val, class_names, source, device) -> DataBundle:
+    from recipe.features import feature_bundle  # imported late: recipe.features imports recipe.data, as this does
+
+    splits = {"train": _read_rows(train, "train"), "test": _read_rows(test, "test")}
+    if val is not None:
+        splits["val"] = _read_rows(val, "val")
+    else:
+        full = splits["train"]
+        kept, held = stratified_holdout(full.labels, lambda n: max(round(n * VAL_FRACTION), 1 if n >= 3 else 0),
+                                        torch.Generator().manual_seed(SPLIT_SEED))
+        splits["train"], splits["val"] = Split(full.images[kept], full.labels[kept]), \
+            Split(full.images[held], full.labels[held])
+    names = tuple(class_names or getattr(train, "classes", None) or
+                  [str(c) for c in range(int(max(s.labels.max() for s in splits.values())) + 1)])
+    reason = f"read from {type(train).__name__} datasets of feature vectors " \
+             f"({', '.join(f'{k} {len(v)}' for k, v in splits.items())})"
+    return feature_bundle(splits["train"], splits["val"], splits["test"], names, source=source, reason=reason,
+                          device=device)
+
+
+def _read_rows(dataset, split: str) -> Split:
+    """A dataset of (vector (D,), label) items -> (N, D) float32 rows and (N,) labels."""
+    if not _has_items(dataset):
+        raise DataError(f"the {split} dataset is empty or has no len(): pass a map-style Dataset")
+    rows, labels = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        x, label = (_named(item, IMAGE_KEYS, "input", split, i), _named(item, LABEL_KEYS, "label", split, i)) \
+            if isinstance(item, Mapping) else (item[0], item[1])
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.dim() != 1 or (rows and x.shape != rows[0].shape):
+            raise DataError(f"{split} item {i} has shape {tuple(x.shape)}; every item must be a vector of "
+                            f"{tuple(rows[0].shape) if rows else '(D,)'} features")
+        rows.append(x)
+        labels.append(int(label))
+    return Split(torch.stack(rows), torch.tensor(labels, dtype=torch.int64))
 
 
 def _read(dataset, split: str) -> Split:
@@ -112,8 +181,8 @@ def _item(dataset, i: int, split: str) -> tuple[torch.Tensor, int]:
     if image.dim() == 2:
         image = image.unsqueeze(0)
     if image.dim() != 3:
-        raise DataError(f"{split} item {i} is an image of shape {tuple(image.shape)}; expected (C, H, W). The "
-                        "harness handles images only: sequences and feature vectors are not supported yet")
+        raise DataError(f"{split} item {i} is an image of shape {tuple(image.shape)}; expected (C, H, W) "
+                        "(or a 1-D float vector (D,) of features, in every item)")
     if image.dtype == torch.uint8:
         image = image.float() / 255
     low, high = float(image.min()), float(image.max())

@@ -19,6 +19,7 @@ from recipe.augment import AUGMENTATIONS
 from recipe.config import TrainConfig
 from recipe.data import BatchFn, DataBundle, NormStats, TensorBatches, norm_stats
 from recipe.errors import RecipeError
+from recipe.features import FeatureBatches, feature_stats
 from recipe.linear_step import linear_softmax_step
 from recipe.model import LinearClassifier, MLPClassifier
 from recipe.optim import make_optimizer, make_scheduler
@@ -111,8 +112,16 @@ class Pipeline:
 
 def build_pipeline(name: str, config: TrainConfig, data: DataBundle,
                    model_class: Callable[..., nn.Module], step: StepFn = train_step) -> Pipeline:
-    """A pipeline whose every factory is derived from `config`, once, here."""
-    stats = norm_stats(data.train, data.value_range)  # train split only: val and test never inform preprocessing
+    """A pipeline whose every factory is derived from `config`, once, here. Images get per-channel
+    stats and TensorBatches; feature vectors (N, D) per-feature stats and FeatureBatches."""
+    features = data.kind == "features"
+    if data.kind == "tokens":
+        raise RecipeError(f"pipeline {name!r} classifies images or feature vectors; for token sequences use "
+                          "recipe.sequences.gpt_pipeline or bigram_pipeline")
+    if features and config.augment != "none":
+        raise RecipeError(f"--augment {config.augment} transforms images; feature vectors take --augment none")
+    # train split only: val and test never inform preprocessing
+    stats = feature_stats(data.train) if features else norm_stats(data.train, data.value_range)
     augment_factory = AUGMENTATIONS[config.augment]
     augment = augment_factory() if augment_factory else None
     device = data.train.labels.device
@@ -124,7 +133,8 @@ def build_pipeline(name: str, config: TrainConfig, data: DataBundle,
     scheduler = None if config.schedule == "constant" else partial(make_scheduler, config, total_steps)
     return Pipeline(
         name=name, data=data, norm=stats,
-        batches=TensorBatches(data, stats, config.batch_size, augment),
+        batches=FeatureBatches(data, stats, config.batch_size) if features
+        else TensorBatches(data, stats, config.batch_size, augment),
         make_model=make_model, loss_fn=nn.functional.cross_entropy,
         make_optimizer=partial(make_optimizer, config), train_step=step,
         config=config, augment=augment, make_scheduler=scheduler, scheduler_interval="step",

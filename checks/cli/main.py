@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             raise RecipeError(f"{suggest_flags(extras, args.command, build_parser().commands)} "
                               f"(see `recipe {args.command} --help`)")
         args.started = clock.command_started()
+        # the options typed (not defaulted): data-specific defaults may fill only the others (cli/loading.py)
+        args.given = {token.split("=", 1)[0][2:].replace("-", "_") for token in argv if token.startswith("--")}
         if args.command in ("check", "run"):  # the figures worker starts (and imports matplotlib) on the
             from checks.report.painter import Painter  # other core while this process imports torch
 

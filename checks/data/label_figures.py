@@ -39,6 +39,10 @@ def disagreements_figure(names: list[str], scores: torch.Tensor, held: Split, va
     margin = scores.max(1).values - scores.gather(1, labels[:, None]).squeeze(1)
     top = margin.argsort(descending=True)[:count]
     predicted = scores.argmax(1)
+    if held.images.dim() == 2:  # feature vectors: no picture to show, so the rows' verdicts as text
+        return Figure("text", f"the {len(top)} held-out train rows whose label the probe most confidently rejects", {
+            "lines": [f"label {names[labels[i]]:>12} / probe {names[predicted[i]]:>12}   margin {margin[i]:.2f}"
+                      for i in top.tolist()]})
     return Figure("images", f"the {len(top)} held-out train images whose label the probe most confidently rejects", {
         "images": unit_pixels(held.images[top], value_range).numpy(),  # [0, 1]
         "captions": [f"label {names[labels[i]]} / probe {names[predicted[i]]}" for i in top.tolist()]})
@@ -46,7 +50,14 @@ def disagreements_figure(names: list[str], scores: torch.Tensor, held: Split, va
 
 def class_figures(train: Split, names: tuple[str, ...], class_means: torch.Tensor, present: list[int],
                   value_range: tuple[float, float], per_class: int) -> list[Figure]:
-    """Samples per class, the mean image per class, and the raw pixel histogram."""
+    """Samples per class, the mean image per class, and the raw pixel histogram; for feature vectors, the
+    mean of each feature per class, in train standard deviations from its mean."""
+    if train.images.dim() == 2:
+        rows = train.images.double()
+        z = (class_means.double() - rows.mean(0)) / rows.std(0).clamp_min(1e-12)
+        return [Figure("matrix", "mean of each feature per class (train standard deviations from its mean)", {
+            "values": z.float().cpu().numpy(), "rows": [names[c] for c in present],
+            "cols": [str(d) for d in range(z.shape[1])], "xlabel": "feature", "ylabel": "class"})]
     grid, captions = [], []
     for c in present:
         members = torch.nonzero(train.labels == c).flatten()[:per_class]

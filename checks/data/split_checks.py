@@ -16,6 +16,7 @@ import numpy
 import torch
 
 from checks.measure.near_copies import SHIFT, Hasher, Index, Queries, image_hashes, nearest_copies, small, small_size
+from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Figure, Verdict
 from recipe.data import DataBundle, unit_pixels
 from recipe.pipeline import Pipeline
@@ -114,15 +115,17 @@ def _search(data: DataBundle, similar: float, queries: int, seed: int) -> dict[t
         offset += len(present)
     row_split = torch.cat([torch.full((len(p),), k) for k, p in enumerate(positions)])
     row_position = torch.cat(positions)
-    size = small_size(*splits["train"].images.shape[-2:])
-    hasher, thumbs = Hasher.fit(_distinct_images(splits, positions, size), seed)
-    index = Index.build(hasher, thumbs)
+    rows = splits["train"].images.dim() == 2  # feature vectors: exact copies only (no picture to shift or re-encode)
+    size = None if rows else small_size(*splits["train"].images.shape[-2:])
+    hasher, thumbs = (None, None) if rows else Hasher.fit(_distinct_images(splits, positions, size), seed)
+    index = None if rows else Index.build(hasher, thumbs)
 
     found = {}
     for s in SPLITS:
         pick = torch.randperm(len(ids[s]), generator=torch.Generator().manual_seed(seed))[:queries].sort().values
-        best, match = nearest_copies(index, Queries.build(hasher, small(splits[s].images[pick].cpu(), size)),
-                                     row_split, len(SPLITS), exclude=row_of[s][ids[s][pick]])
+        best, match = (torch.zeros(len(pick), len(SPLITS)), torch.full((len(pick), len(SPLITS)), -1)) if rows else \
+            nearest_copies(index, Queries.build(hasher, small(splits[s].images[pick].cpu(), size)),
+                           row_split, len(SPLITS), exclude=row_of[s][ids[s][pick]])
         image = ids[s][pick]
         for k, other in enumerate(SPLITS):
             similarity = best[:, k].clone()
@@ -138,6 +141,10 @@ def _search(data: DataBundle, similar: float, queries: int, seed: int) -> dict[t
                 same = torch.from_numpy(numpy.isin((ids[s] * n_labels + labels[s]).numpy(), label_keys[other].numpy(),
                                                    kind="table" if n_ids * n_labels <= TABLE else None))
                 exact_conflict = exact & (label_count[other][ids[s]] - same.long() >= 1)
+                if rows:  # the search found nothing by design: its exact copies are the copies
+                    twin = exact[pick]
+                    similarity[twin] = 1.0
+                    where[twin] = first[other][image][twin]
             has_copy = similarity >= similar
             near = has_copy & ~exact[pick]
             near_conflict = torch.zeros_like(near)
@@ -170,7 +177,14 @@ def _listed(mask: torch.Tensor, pick: torch.Tensor, where: torch.Tensor,
 
 
 def _pairs_figure(data: DataBundle, pairs: list[PairCopies], title: str, conflicts: bool = False) -> Figure:
-    """Each found image next to its copy, captioned with where they sit (and their labels)."""
+    """Each found image next to its copy, captioned with where they sit (and their labels); for feature
+    vectors, a line per pair of identical rows."""
+    if data.kind == "features":
+        lines = [f"{pair.split} #{mine} = {pair.other} #{theirs}" + (
+            f"  labels '{data.class_names[int(data.split(pair.split).labels[mine])]}' / "
+            f"'{data.class_names[int(data.split(pair.other).labels[theirs])]}'" if conflicts else "")
+            for pair in pairs for mine, theirs, _ in (pair.conflict_examples if conflicts else pair.examples)]
+        return Figure("text", title.replace("images", "rows"), {"lines": lines})
     images, captions = [], []
     for pair in pairs:
         for mine, theirs, similarity in (pair.conflict_examples if conflicts else pair.examples):
@@ -188,6 +202,7 @@ def _counts(pairs: list[PairCopies]) -> str:
     return "; ".join(f"{p.split} {p.where}: {p.copies} of {p.searched}" for p in pairs)
 
 
+@applies_to("image", "features")
 def duplicates_and_leakage(pipeline: Pipeline, max_exact_leak: float = 0.001, max_copy_leak: float = 0.005,
                            min_copies: int = 3, max_repeated: float = 0.01, similar: float = SIMILAR) -> CheckResult:
     """Copies of held-out images in train (and of test images in val), exact or near, and images
@@ -260,6 +275,7 @@ def duplicates_and_leakage(pipeline: Pipeline, max_exact_leak: float = 0.001, ma
                        details=details)
 
 
+@applies_to("image", "features")
 def conflicting_labels(pipeline: Pipeline, max_share: float = 0.05, min_conflicts: int = 5,
                        similar: float = SIMILAR) -> CheckResult:
     """The same image (exact or near copy) must carry the same label, within a split and across splits.

@@ -34,7 +34,9 @@ RIDGE_PER_EXAMPLE = 0.1  # lambda = 0.1 N on standardised features: best or near
 def probe_features(images: torch.Tensor, value_range: tuple[float, float] = UINT8_RANGE) -> torch.Tensor:
     """(N, D) float32: pooled pixels in [0, 1] per channel, then |FFT2| of the pooled grey image. Single
     precision is plenty: the ridge term keeps the solve well conditioned (lambda = 0.1 N on standardised
-    features)."""
+    features). Feature vectors (N, D) are their own features: the probe standardises them."""
+    if images.dim() == 2:
+        return images.float()
     x = unit_pixels(images, value_range, torch.float32)  # (N, C, H, W)
     height, width = x.shape[-2:]
     if max(height, width) > POOLED_SIDE:

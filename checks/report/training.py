@@ -80,7 +80,10 @@ def training_summary(pipeline: "Pipeline", fit_result: "FitResult", evaluation: 
         summary["shift_robustness"] = evaluation.shifts
         test_figures[SHIFTS] = _shift_figure(evaluation, pipeline.num_classes)
     templates = None if evaluation.templates is None else Figure(
-        "images", TEMPLATES, {"images": evaluation.templates.numpy(), "captions": names, "cmap": "signed"})
+        "images", TEMPLATES, {"images": evaluation.templates.numpy(), "captions": names, "cmap": "signed"}) \
+        if evaluation.templates.dim() > 2 else Figure(  # feature vectors: one weight per class and feature
+        "matrix", TEMPLATES, {"values": evaluation.templates.numpy(), "rows": names, "xlabel": "feature",
+                              "cols": [str(d) for d in range(evaluation.templates.shape[1])], "ylabel": "class"})
     figures = _curves(history, len(names)) + [
         f for f in (test_figures.get(CONFUSION), templates, test_figures.get(MISTAKES), test_figures.get(SHIFTS),
                     test_figures.get(ANCHORS))
@@ -192,6 +195,8 @@ def _confident_mistakes(pipeline: "Pipeline", y: torch.Tensor, probs: torch.Tens
     rows = [{"index": int(i), "true": names[int(y[i])], "predicted": names[int(pred[i])],
              "p": float(confidence[i])} for i in worst]
     raw = pipeline.data.test.images[worst.to(pipeline.data.test.images.device)].cpu()  # (K, C, H, W) raw pixels
+    if raw.dim() < 3:  # feature vectors: no picture; the rows (index, labels, p) are in the table
+        return rows, None
     images = unit_pixels(raw, pipeline.data.value_range)  # [0, 1], whatever range the data declares
     captions = [f"true {r['true']} / pred {r['predicted']} p={r['p']:.2f}" for r in rows]
     return rows, Figure("images", MISTAKES, {"images": images.numpy(), "captions": captions, "cmap": "gray"})

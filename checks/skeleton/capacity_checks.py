@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Verdict, not_applicable
 from checks.measure.sampling import first_batches, fresh_model, output_family
 from recipe.outputs import forward_logits
@@ -95,6 +96,7 @@ def _as_float64(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Ten
         return copy.deepcopy(model).float().eval(), x.float(), "float32"
 
 
+@applies_to("image", "features")
 def effective_linearity(pipeline, n_pairs: int = 16, max_chains: int = 64, tolerance64: float = 1e-7,
                         tolerance32: float = 1e-4) -> CheckResult:
     """A model with two or more weight layers must not be affine in its input, and no two weight
