@@ -55,6 +55,11 @@ def label_signal(pipeline: Pipeline, min_z: float = 3.0, per_class: int = 8, max
     train = Split(data.train.images[:max_examples], data.train.labels[:max_examples])
     names, num_classes = data.class_names, data.num_classes
     pixels = train.images.reshape(len(train), -1).float()
+    table = pipeline.kind == "features"
+    if table:  # each column in its own units (an area of 2500 beside a ratio of 0.1): weigh them alike
+        pixels = (pixels - pixels.mean(0)) / pixels.std(0).clamp_min(1e-12)
+    values, examples, means = ("standardised feature", "rows", "class means") if table else \
+        ("pixel", "images", "mean images")
     labels = train.labels.long().clamp(0, num_classes - 1)  # out of range: integrity's finding, not a crash here
     generator = torch.Generator().manual_seed(pipeline.config.seed)
     shuffled = torch.stack([labels[torch.randperm(len(labels), generator=generator)] for _ in range(permutations)], 1)
@@ -76,13 +81,13 @@ def label_signal(pipeline: Pipeline, min_z: float = 3.0, per_class: int = 8, max
                "examples_used": len(train), "image_shape": list(train.images.shape[1:])}
     probe_said = (f"a probe predicts {accuracy:.1%} of held-out train labels ({null_accuracy:.1%} with them permuted, "
                   f"z = {probe_z:.1f})" if math.isfinite(probe_z) else "too few held-out train images to score a probe")
-    said = (f"the class labels explain {explained:.2%} of the pixel variance ({shares[1:].mean().item():.2%} with the "
+    said = (f"the class labels explain {explained:.2%} of the {values} variance ({shares[1:].mean().item():.2%} with the "
             f"labels permuted, z = {means_z:.1f} against {permutations} permutations); {probe_said}")
-    ok = (f"{said}: the labels carry information about the images (need z >= {min_z:g} on either). Look at the "
-          "mean images: they show what tells the classes apart.")
-    fail = (f"{said}: neither reaches z = {min_z:g}, so the labels tell the images apart no better than shuffled "
-            "labels do. The labels were shuffled or permuted when the data set was built, or images and labels "
-            "come from different files.")
+    ok = (f"{said}: the labels carry information about the {examples} (need z >= {min_z:g} on either). Look at the "
+          f"{means}: they show what tells the classes apart.")
+    fail = (f"{said}: neither reaches z = {min_z:g}, so the labels tell the {examples} apart no better than "
+            f"shuffled labels do. The labels were shuffled or permuted when the data set was built, or {examples} "
+            "and labels come from different files.")
     return measured("label_signal", STAGE, value, min_z, ">=", ok, fail, figures=figures, details=details)
 
 

@@ -51,10 +51,9 @@ def disagreements_figure(names: list[str], scores: torch.Tensor, held: Split, va
 def class_figures(train: Split, names: tuple[str, ...], class_means: torch.Tensor, present: list[int],
                   value_range: tuple[float, float], per_class: int) -> list[Figure]:
     """Samples per class, the mean image per class, and the raw pixel histogram; for feature vectors, the
-    mean of each feature per class, in train standard deviations from its mean."""
+    mean of each feature per class (`class_means`, of the rows label_signal standardised)."""
     if train.images.dim() == 2:
-        rows = train.images.double()
-        z = (class_means.double() - rows.mean(0)) / rows.std(0).clamp_min(1e-12)
+        z = class_means
         return [Figure("matrix", "mean of each feature per class (train standard deviations from its mean)", {
             "values": z.float().cpu().numpy(), "rows": [names[c] for c in present],
             "cols": [str(d) for d in range(z.shape[1])], "xlabel": "feature", "ylabel": "class"})]
