@@ -38,17 +38,23 @@ def evaluate_trained(pipeline: Pipeline, fit_result) -> Evaluation:
 
 @torch.no_grad()
 def test_predictions(model: nn.Module, pipeline: Pipeline) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, probs) for the whole test split in its stored order, on the CPU."""
+    """(y, probs) for the whole test split in its stored order, on the CPU. For token sequences one row
+    per scored position (target not padding), sequence by sequence: (N_tokens,) and (N_tokens, V)."""
     was_training = model.training
     model.eval()
     ys, probs, order = [], [], []
     for batch in pipeline.batches("test", shuffle=False, augment=False):
-        probs.append(torch.softmax(forward_logits(model, batch.x).float(), dim=1).cpu())  # (B, C)
+        probs.append(torch.softmax(forward_logits(model, batch.x).float(), dim=-1).cpu())  # (B, C) or (B, T, V)
         ys.append(batch.y.cpu())
         order.append(batch.idx.cpu())
     model.train(was_training)
     position = torch.cat(order).argsort()  # put rows back in split order, whatever the batch order
-    return torch.cat(ys)[position], torch.cat(probs)[position]
+    y, p = torch.cat(ys)[position], torch.cat(probs)[position]
+    if p.dim() == 3:  # next-token predictions: every scored position is one prediction
+        pad_id = pipeline.data.pad_id
+        keep = y != pad_id if pad_id is not None else torch.ones_like(y, dtype=torch.bool)
+        y, p = y[keep], p[keep]
+    return y, p
 
 
 def shift_image(x: torch.Tensor, down: int, right: int, fill: float) -> torch.Tensor:

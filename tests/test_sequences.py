@@ -150,7 +150,7 @@ def test_the_whole_preflight_fails_nothing_on_clean_language_models(source, fact
 def test_recipe_run_on_names_trains_and_reports(tmp_path, capsys):
     from checks.cli.main import main
 
-    code = main(["run", "--data", "names", "--epochs", "1", "--report-dir", str(tmp_path), "--quiet"])
+    code = main(["run", "--data", "names", "--epochs", "3", "--report-dir", str(tmp_path), "--quiet"])
     out = capsys.readouterr()
     assert code == 0, out.err
     run = (tmp_path / "latest").resolve()

@@ -58,6 +58,7 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
     counts = label_counts(pipeline, "val")  # token sequences: how often each id is a (non-pad) target
     majority = (counts.max() / counts.sum()).item()
     gain = real_acc - zero_acc
+    inputs = {"tokens": "input tokens", "features": "features"}.get(pipeline.kind, "pixels")
     figure = Figure("bars", "val after the same short training", {
         "categories": ["accuracy", "cross-entropy"],
         "series": {"real inputs": [real_acc, real_loss], "zero inputs": [zero_acc, zero_loss]}})
@@ -66,7 +67,7 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
     if zero_acc > majority + max_zero_gain:
         return CheckResult("input_independent_baseline", STAGE, Verdict.FAIL, zero_acc, majority + max_zero_gain, "<=",
                            f"with all-zero inputs the model still reaches {zero_acc:.4f} val accuracy (majority class: "
-                           f"{majority:.4f}): labels reach the model through something other than the pixels "
+                           f"{majority:.4f}): labels reach the model through something other than the {inputs} "
                            "(a target leak in the model, the loader or the loss).", figures=[figure], details=details)
     if gain < min_gain:
         # +min_gain is what an easy task gives in a short run; on a hard one (objects anywhere, clutter, many
@@ -90,7 +91,7 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
                                f"real inputs beat zero inputs by only +{gain:.4f} val accuracy after {steps} steps "
                                f"({real_acc:.4f} vs {zero_acc:.4f}; an easy task gives +{min_gain}), but {evidence} "
                                f"over {examples} val examples, far more than chance: the model does "
-                               "learn from the pixels, slowly or little. A weak model for this task, a hard task, "
+                               f"learn from the {inputs}, slowly or little. A weak model for this task, a hard task, "
                                "imbalanced classes, or a slow start (small lr, long warm-up); not evidence of a bug.",
                                figures=[figure], details=details)
         if most_share >= min_loss_share:
@@ -110,7 +111,7 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
                            f"over {examples} val examples, need {min_z}), loss {real_loss:.4f} vs {zero_loss:.4f} "
                            f"(a gain of at most {max(most_share, 0):.1%} of the zero-input loss at {min_z} standard errors; a "
                            f"model that learns gains {min_loss_share:.0%} or more). The "
-                           "model does not learn from the pixels: the learning rate is far too low or too high, "
+                           f"model does not learn from the {inputs}: the learning rate is far too low or too high, "
                            "gradients do not reach the weights (frozen/detached layer), the loss is wrong (sign, MSE "
                            "on class indices), the labels the step trains on do not belong to its inputs, or the "
                            "inputs are garbage.", figures=[figure], details=details)

@@ -68,10 +68,12 @@ def run_length(pipeline: Pipeline) -> CheckResult:
                               "overfit_one_batch could not memorise a batch and the reference run's loss did not fall "
                               "(fix those first)")
     need = max(needs)
-    plan = (f"{epochs} epoch{'s' * (epochs != 1)} x {per_epoch} batches of {batch} ({len(train)} train images) = "
+    what = pipeline.data.examples.split(" (")[0]  # images, feature vectors, token sequences
+    plan = (f"{epochs} epoch{'s' * (epochs != 1)} x {per_epoch} batches of {batch} ({len(train)} train {what}) = "
             f"{planned} steps")
-    memory = (f"overfit_one_batch memorised 16 examples in {to_memorise} steps" if to_memorise is not None else
-              "overfit_one_batch could not memorise 16 examples")
+    rows = memorised.details.get("examples", 16)  # D + 1 for feature vectors of D < 15
+    memory = (f"overfit_one_batch memorised {rows} examples in {to_memorise} steps" if to_memorise is not None else
+              f"overfit_one_batch could not memorise {rows} examples")
     fell = (f"the reference run's loss fell half of the way it fell in {run.steps} steps ({run.losses[0]:.3f} -> "
             f"{run.losses[-1]:.3f}) by step {half_way}" if half_way is not None else
             f"the reference run's loss did not fall clearly over its {run.steps} steps")

@@ -172,7 +172,10 @@ def _per_class(confusion: torch.Tensor, names: list[str]) -> list[dict]:
 def _anchors(pipeline: "Pipeline", y_test: torch.Tensor, test_accuracy: float) -> list[dict]:
     num_classes = pipeline.num_classes
     # The majority class is picked on train (never on test), then scored on test.
-    train_counts = torch.bincount(pipeline.data.train.labels.cpu(), minlength=num_classes)
+    train_labels = pipeline.data.train.labels.cpu().flatten()  # token sequences: every target, padding left out
+    if pipeline.data.pad_id is not None:
+        train_labels = train_labels[train_labels != pipeline.data.pad_id]
+    train_counts = torch.bincount(train_labels, minlength=num_classes)
     majority = int(train_counts.argmax())
     anchors = [
         {"name": f"chance (1/{num_classes})", "accuracy": 1 / num_classes,
@@ -194,6 +197,8 @@ def _confident_mistakes(pipeline: "Pipeline", y: torch.Tensor, probs: torch.Tens
     worst = wrong[confidence[wrong].argsort(descending=True)[:N_MISTAKES]]
     rows = [{"index": int(i), "true": names[int(y[i])], "predicted": names[int(pred[i])],
              "p": float(confidence[i])} for i in worst]
+    if pipeline.kind == "tokens":  # one row per token position: no picture, the rows are in the table
+        return rows, None
     raw = pipeline.data.test.images[worst.to(pipeline.data.test.images.device)].cpu()  # (K, C, H, W) raw pixels
     if raw.dim() < 3:  # feature vectors: no picture; the rows (index, labels, p) are in the table
         return rows, None
