@@ -111,7 +111,7 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
                    "values": torch.nn.functional.one_hot(predicted.clamp(0, len(names) - 1), len(names)).T.cpu().numpy(),
                    "rows": list(names), "cols": [names[int(c)] for c in y.tolist()], "ylabel": "predicted",
                    "xlabel": "true label of each example", "annotate": False}))  # 0/1: the colour says it
-    details = {"steps": len(losses), "final_loss": final, "batch_accuracy": accuracy, "first_loss": first,
+    details = {"steps": len(losses), "examples": len(y), "final_loss": final, "batch_accuracy": accuracy, "first_loss": first,
                "loss_floor": floor, "floor_accuracy": floor_accuracy, "threshold": threshold,
                "train_mode_accuracy": train_mode_accuracy, "extended": len(losses) > max_steps,
                "best_accuracy": best_accuracy}
