@@ -35,7 +35,8 @@ def load_features(source: str, device: str | torch.device = "cpu") -> DataBundle
     try:
         import sklearn.datasets  # imported late: only these sources need it (and it takes ~1 s)
     except ImportError:
-        raise DataError(f"--data {source} reads scikit-learn's bundled tables: pip install 'scikit-learn>=1.3'") from None
+        raise DataError(f"--data {source} reads scikit-learn's bundled tables: "
+                        "pip install 'scikit-learn>=1.3'") from None
     table = getattr(sklearn.datasets, _LOADERS[source])()
     rows = torch.as_tensor(table.data, dtype=torch.float32)  # (N, D)
     labels = torch.as_tensor(table.target, dtype=torch.int64)  # (N,)
@@ -45,8 +46,8 @@ def load_features(source: str, device: str | torch.device = "cpu") -> DataBundle
     return feature_bundle(train, val, test, names, source=source, reason=reason, device=device)
 
 
-def split_features(rows: torch.Tensor, labels: torch.Tensor,
-                   test_fraction: float = TEST_FRACTION, val_fraction: float = VAL_FRACTION) -> tuple[Split, Split, Split]:
+def split_features(rows: torch.Tensor, labels: torch.Tensor, test_fraction: float = TEST_FRACTION,
+                   val_fraction: float = VAL_FRACTION) -> tuple[Split, Split, Split]:
     """Hold out test, then val from the rest, stratified by class with the fixed SPLIT_SEED, so the
     splits never move with the training seed."""
     generator = torch.Generator().manual_seed(SPLIT_SEED)

@@ -146,8 +146,8 @@ def test_test_rows_copied_into_train_fail_duplicates_and_leakage():
     leaked = Split(torch.cat([data.train.images, data.test.images[:10]]),
                    torch.cat([data.train.labels, data.test.labels[:10]]))
     assert verdict(split_checks.duplicates_and_leakage, default_pipeline(TABLE_CONFIG, data)) is Verdict.PASS
-    result = run_check(split_checks.duplicates_and_leakage, default_pipeline(TABLE_CONFIG, with_train(data, train=leaked)),
-                       "data")
+    twin = default_pipeline(TABLE_CONFIG, with_train(data, train=leaked))
+    result = run_check(split_checks.duplicates_and_leakage, twin, "data")
     assert result.verdict is Verdict.FAIL and "test" in result.message
     assert [f.kind for f in result.figures] == ["text"]  # rows listed, not drawn as images
 
