@@ -157,3 +157,36 @@ def test_recipe_run_on_names_trains_and_reports(tmp_path, capsys):
     assert (run / "index.html").is_file() and (run / "results.json").is_file()
     html = (run / "index.html").read_text()
     assert "names" in html and "recipe.sequences:gpt_pipeline" in (run / "results.json").read_text()
+
+
+def _text_pipeline(tmp_path, factory=gpt_pipeline):
+    path = tmp_path / "input.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return factory(TrainConfig(epochs=1), load_source("text", path))
+
+
+def test_shared_checks_catch_bugs_on_token_batches(tmp_path):
+    pipeline = _text_pipeline(tmp_path)
+
+    def targets_of_another_example(split, **kw):  # y comes from the neighbouring sequence
+        for b in pipeline.batches(split, **kw):
+            yield type(b)(b.x, b.y.roll(1, 0), b.idx)
+
+    shuffled = type(pipeline)(**{**pipeline.__dict__, "batches": targets_of_another_example})
+    assert run_check(CHECKS["label_pairing"][1], shuffled, "skeleton").verdict is Verdict.FAIL
+    assert run_check(CHECKS["label_pairing"][1], pipeline, "skeleton").verdict is Verdict.PASS
+
+    class MixesTheBatch(torch.nn.Module):  # adds the batch mean: each sequence sees the others
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            return out + out.mean(0, keepdim=True)
+
+    mixing = type(pipeline)(**{**pipeline.__dict__, "make_model": lambda: MixesTheBatch(pipeline.make_model())})
+    assert run_check(CHECKS["batch_independence"][1], mixing, "skeleton").verdict is Verdict.FAIL
+    assert run_check(CHECKS["batch_independence"][1], pipeline, "skeleton").verdict is Verdict.PASS
+    assert run_check(CHECKS["output_sanity"][1], pipeline, "skeleton").verdict is Verdict.PASS
+    assert run_check(CHECKS["loss_at_init"][1], pipeline, "skeleton").verdict is Verdict.PASS
