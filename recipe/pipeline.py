@@ -37,7 +37,9 @@ class Pipeline:
     - `data`: raw splits and class names, the source every example is traced back to.
     - `norm`: the normalisation stats the batches use (x = (pixels/255 - mean) / std for uint8; pixels
       are first scaled to [0, 1] by `data.value_range`, the declared range of the raw pixels). Given
-      as floats, lists, arrays or tensors, it is held as (C, 1, 1) on the data's device.
+      as floats, lists, arrays or tensors, it is held as (C, 1, 1) on the data's device. For feature
+      vectors it holds one mean and std per feature, (D, 1, 1), applied to raw rows as (x - mean) / std
+      (recipe/features.py); token pipelines normalise nothing and hold None.
     - `batches(split, *, shuffle, augment, generator)`: yields Batch(x, y, idx), x exactly as the
       model receives it and idx the examples' positions in `data.<split>`.
     - `augment`: the optional augmentation on float [0, 1] batches, or None.
