@@ -44,6 +44,7 @@ class Figure:
       bars:      categories [str], series {name: [value per category]}, optional ylabel, hline
       histogram: values (1-D array-like), optional bins, xlabel
       matrix:    values (R, C) array-like, rows [str], cols [str], optional xlabel, ylabel
+      text:      lines [str] (decoded samples), drawn one a row in a fixed-width font
     """
     kind: str
     title: str

@@ -227,8 +227,19 @@ def _matrix(data: dict[str, Any]) -> MplFigure:
     return fig
 
 
+def _text(data: dict[str, Any]) -> MplFigure:
+    """Lines of text (decoded samples), one a row, in a fixed-width font."""
+    lines = [str(line).replace("\n", "\u21b5") for line in data["lines"]][:MAX_ROWS]
+    fig = MplFigure(figsize=(IMAGES_WIDTH_IN, 0.3 + 0.22 * len(lines)), dpi=DPI)
+    ax = fig.add_subplot()
+    ax.axis("off")
+    for row, line in enumerate(lines):
+        ax.text(0, 1 - (row + 0.5) / max(len(lines), 1), line[:110], family="monospace", fontsize=8, va="center")
+    return fig
+
+
 _PLACED = {"images"}  # kinds that place their own Axes (tight_layout would fight them, and costs a draw)
-_DRAWERS = {"images": _images, "lines": _lines, "bars": _bars, "histogram": _histogram, "matrix": _matrix}
+_DRAWERS = {"images": _images, "lines": _lines, "bars": _bars, "histogram": _histogram, "matrix": _matrix, "text": _text}
 
 
 # ---------------------------------------------------------------- small pieces

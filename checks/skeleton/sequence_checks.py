@@ -1,0 +1,217 @@
+"""Skeleton checks for language models: logits of shape (B, T, V), no position reading later tokens,
+positions that matter to an attention model, and padding that neither scores nor is attended.
+
+Each runs a fresh model in eval mode (dropout off) on a few real rows and compares logits after a
+controlled edit of the input: a later token, the order, a pad's embedding. An effect is judged against
+the effect the same kind of edit has where it must matter (the position's own token), so a tiny
+model at init and a trained one are held to the same relative limit, far above float round-off.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from checks.engine.kinds import applies_to
+from checks.engine.result import CheckResult, Verdict, not_applicable
+from checks.measure.sampling import fresh_model, generator, stacked
+from recipe.outputs import forward_logits
+from recipe.pipeline import Pipeline
+
+STAGE = "skeleton"
+ROUND_OFF = 1e-4   # an effect below this share of the reference effect is float noise (float32: ~1e-6)
+POSITIONS = 1e-3   # a constant sequence whose logits vary less than this across positions reads no position
+ROWS = 4
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return forward_logits(model, x).double()
+
+
+def _rows_and_model(pipeline: Pipeline) -> tuple[torch.Tensor, nn.Module]:
+    x = stacked(pipeline, "train", ROWS, shuffle=True)[0][:ROWS]
+    model = fresh_model(pipeline)
+    model.eval()
+    return x, model
+
+
+def _replaced(pipeline: Pipeline, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """`ids` with every entry swapped for a different real (non-pad) token, drawn at random."""
+    V, pad = pipeline.num_classes, pipeline.data.pad_id
+    new = torch.randint(0, V, ids.shape, generator=generator(pipeline, 17 + offset)).to(ids.device)
+    for _ in range(3):  # a draw equal to the old id or the pad moves on by one: never the same token
+        clash = (new == ids) | ((new == pad) if pad is not None else torch.zeros_like(new, dtype=torch.bool))
+        new = torch.where(clash, (new + 1) % V, new)
+    return new
+
+
+def _effect(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+@applies_to("tokens")
+def output_shape(pipeline: Pipeline) -> CheckResult:
+    """The model maps (B, T) ids to finite float logits (B, T, V), one distribution per position."""
+    x, model = _rows_and_model(pipeline)
+    with torch.no_grad():
+        out = forward_logits(model, x)
+    expected = (*x.shape, pipeline.num_classes)
+    problems = []
+    if tuple(out.shape) != expected:
+        problems.append(f"the logits have shape {tuple(out.shape)}, expected (B, T, V) = {expected}: "
+                        + ("a head sized to another vocabulary" if out.shape[:-1] == x.shape else
+                           "the time axis dropped or flattened (a sequence classifier head, logits.view(-1, V))"))
+    elif not out.is_floating_point():
+        problems.append(f"the logits have dtype {out.dtype}, expected floating point")
+    elif not torch.isfinite(out).all():
+        problems.append("the logits hold NaN/Inf at init: check the init, the attention mask fill (-inf on a "
+                        "whole row), any log/exp/division")
+    message = (f"a batch of {tuple(x.shape)} ids gives finite logits {expected}." if not problems
+               else "; ".join(problems) + ".")
+    return CheckResult("output_shape", STAGE, Verdict.FAIL if problems else Verdict.PASS, float(len(problems)),
+                       0.0, "==", message)
+
+
+@applies_to("tokens")
+def causality(pipeline: Pipeline) -> CheckResult:
+    """No position's logits depend on later tokens: replacing every token after t must leave the logits
+    at 0..t unchanged, for several t, while replacing the token at t moves the logits at t (the
+    reference). A leak lets the model read the answer: train loss falls to ~0 and generation fails."""
+    x, model = _rows_and_model(pipeline)
+    T = x.shape[1]
+    base = _logits(model, x)
+    cuts = sorted({t for t in (0, T // 4, T // 2, T - 2) if 0 <= t < T - 1})
+    own = leak = leak_next = leak_far = past = 0.0
+    for i, t in enumerate(cuts):
+        def edited(lo: int, hi: int) -> torch.Tensor:
+            e = x.clone()
+            e[:, lo:hi] = _replaced(pipeline, x[:, lo:hi], i * 7 + lo)
+            return _logits(model, e)
+        own = max(own, _effect(edited(t, t + 1)[:, t], base[:, t]))
+        leak = max(leak, _effect(edited(t + 1, T)[:, :t + 1], base[:, :t + 1]))
+        leak_next = max(leak_next, _effect(edited(t + 1, t + 2)[:, :t + 1], base[:, :t + 1]))
+        leak_far = max(leak_far, _effect(edited(t + 2, T)[:, :t + 1], base[:, :t + 1]))
+        if t > 0:
+            past = max(past, _effect(edited(0, t)[:, t], base[:, t]))
+    ratio = leak / own if own > 0 else (0.0 if leak == 0 else float("inf"))
+    details = {"leak": leak, "own_token_effect": own, "positions": cuts, "next_token_leak": leak_next,
+               "far_leak": leak_far, "earlier_tokens_effect": past}
+    said = (f"replacing the tokens after t moved the logits at positions <= t by {leak:.3g}, {ratio:.2g} of the "
+            f"effect of the token at t itself ({own:.3g}), over t in {cuts}")
+    if ratio <= ROUND_OFF:
+        return CheckResult("causality", STAGE, Verdict.PASS, ratio, ROUND_OFF, "<=",
+                           f"{said}: no position sees the future.", details=details)
+    bidirectional = [n for n, m in model.named_modules() if isinstance(m, nn.RNNBase) and m.bidirectional]
+    if bidirectional:
+        cause = f"a bidirectional recurrent layer ({', '.join(bidirectional)}) reads the sequence backwards too"
+    elif leak_far <= ROUND_OFF * own:
+        cause = ("only the NEXT token leaks: the causal mask is shifted by one (torch.tril(..., diagonal=1)), "
+                 "or the model's input is the target sequence")
+    elif past <= ROUND_OFF * own:
+        cause = ("later tokens reach each position but earlier ones do not: the causal mask is transposed "
+                 "(torch.triu where torch.tril belongs, or masked_fill(mask, ...) instead of (~mask))")
+    else:
+        cause = ("tokens several positions ahead leak: the attention has no causal mask (is_causal=False, the mask "
+                 "buffer never applied, a bidirectional encoder layer), or a causal mask shifted by one "
+                 "(torch.tril(..., diagonal=1)), which stacked layers carry further ahead")
+    return CheckResult("causality", STAGE, Verdict.FAIL, ratio, ROUND_OFF, "<=",
+                       f"{said}: positions see the future: {cause}. The model can read the token it must "
+                       "predict, so training loss falls without learning anything generation can use.",
+                       details=details)
+
+
+def _real_length(row: torch.Tensor, pad: int | None) -> int:
+    if pad is None:
+        return len(row)
+    is_pad = (row == pad).nonzero()
+    return int(is_pad[0]) if len(is_pad) else len(row)
+
+
+def _unused_embeddings(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Embedding modules that are never called on `x`, or whose output can be changed without moving the logits."""
+    base, unused = _logits(model, x), []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Embedding):
+            continue
+        calls = []
+
+        def noisy(mod, args, out, calls=calls):
+            calls.append(1)
+            return out + torch.randn_like(out) * (out.abs().max() + 1.0)
+        handle = module.register_forward_hook(noisy)
+        try:
+            moved = _effect(_logits(model, x), base)
+        finally:
+            handle.remove()
+        if not calls or moved <= ROUND_OFF * (base.abs().max().item() + 1e-12):
+            unused.append(f"{name} ({module.num_embeddings} rows, "
+                          f"{'never called' if not calls else 'called but its output never reaches the logits'})")
+    return unused
+
+
+@applies_to("tokens")
+def position_used(pipeline: Pipeline) -> CheckResult:
+    """A model that reads context knows where its tokens are. The test: a sequence of one repeated token
+    must give different logits at different positions (a position embedding or a recurrent state makes
+    them differ; a transformer without positions gives every position the same logits, exactly).
+
+    N/A for a model that reads no context (a bigram table: the logits at t follow x[t] alone). When the
+    constant sequence shows no position: FAIL if an embedding table never reaches the logits (the
+    positional embedding is built but never added) or if swapping two earlier tokens changes nothing (the
+    context is a bag of tokens); else WARN, since relative schemes (RoPE, ALiBi) or a deep NoPE model
+    also treat a constant sequence alike.
+    """
+    x, model = _rows_and_model(pipeline)
+    pad = pipeline.data.pad_id
+    lengths = [_real_length(r, pad) for r in x]
+    row = int(max(range(len(lengths)), key=lengths.__getitem__))
+    L = lengths[row]
+    if L < 3:
+        return not_applicable("position_used", STAGE, f"the rows hold at most {L} real tokens: too short to test")
+    one = x[row:row + 1]
+    t = L - 1
+    base = _logits(model, one)
+    edit = one.clone()
+    edit[:, t] = _replaced(pipeline, one[:, t])
+    own = _effect(_logits(model, edit)[:, t], base[:, t])
+    edit = one.clone()
+    edit[:, :t] = _replaced(pipeline, one[:, :t], 1)
+    context = _effect(_logits(model, edit)[:, t], base[:, t])
+    details = {"own_token_effect": own, "context_effect": context}
+    if context <= ROUND_OFF * own:
+        return not_applicable("position_used", STAGE, f"the logits at t follow the token at t alone (replacing every "
+                              f"earlier token moved them {context:.2g}, the token itself {own:.2g}): a model that "
+                              "reads no context (a bigram table) cannot use order", details=details)
+    a, b = int(one[0, 0]), int(_replaced(pipeline, one[:, :1], 2)[0, 0])
+    constant = _logits(model, torch.full_like(one, a))
+    spread = _effect(constant, constant[:, :1].expand_as(constant))
+    token = _effect(_logits(model, torch.full_like(one, b))[:, 0], constant[:, 0])
+    ratio = spread / token if token > 0 else 0.0
+    details.update(constant_spread=spread, token_effect=token)
+    said = (f"one token repeated over {one.shape[1]} positions gives logits that differ across positions by "
+            f"{spread:.3g}, {ratio:.2g} of the effect of changing the token ({token:.3g})")
+    if ratio >= POSITIONS:
+        return CheckResult("position_used", STAGE, Verdict.PASS, ratio, POSITIONS, ">=",
+                           f"{said}: the model knows where each token is.", details=details)
+    unused = _unused_embeddings(model, one)
+    if unused:
+        return CheckResult("position_used", STAGE, Verdict.FAIL, ratio, POSITIONS, ">=",
+                           f"{said}: the model reads no position, and the embedding table {'; '.join(unused)} does "
+                           "not reach the logits: the positional embedding is never added (h = tok(x) where "
+                           "h = tok(x) + pos(arange(T)) belongs).", details={**details, "unused": unused})
+    swapped = one.clone()
+    i, j = 0, t - 1
+    swapped[:, [i, j]] = one[:, [j, i]]
+    order = _effect(_logits(model, swapped)[:, t], base[:, t]) if int(one[0, i]) != int(one[0, j]) else context
+    ratio = order / context
+    details.update(order_effect=order)
+    if ratio <= ROUND_OFF:
+        return CheckResult("position_used", STAGE, Verdict.FAIL, ratio, ROUND_OFF, ">",
+                           f"{said}, and swapping two earlier tokens moved the logits at t by {order:.2g} "
+                           f"({ratio:.2g} of replacing them): the model reads its context as a bag of tokens, "
+                           "no positional information at all: add a positional embedding (or RoPE).",
+                           details=details)
+    return CheckResult("position_used", STAGE, Verdict.WARN, ratio, ROUND_OFF, ">",
+                       f"{said}: no absolute position, though order matters ({ratio:.2g}). Fine for relative "
+                       "positions (RoPE, ALiBi) or a deliberate NoPE model; if yours has a positional embedding, "
+                       "check that it is added.", details=details)
