@@ -17,7 +17,9 @@ from checks.report.figures import render_png
 from recipe.data import Split
 from recipe.language import TinyGPT
 from recipe.sequences import bigram_pipeline, gpt_pipeline
-from tests.zoo.sequence_bugs import SEQUENCE_BUGS, NoPositionGPT, _gpt, _on_data, config, names_bundle, stream_bundle
+from tests.test_verdicts import disagreements
+from tests.zoo.sequence_bugs import (SEQUENCE_BUGS, NoPositionGPT, _gpt, _on_data, config, names_bundle,
+                                      no_positional_embedding, stream_bundle)
 
 NEW = ("token_range", "targets_shifted", "split_overlap", "unseen_tokens", "unigram_bigram_baselines",
        "output_shape", "causality", "position_used", "padding_masked")
@@ -69,6 +71,7 @@ def test_new_checks_pass_or_do_not_apply_on_clean_language_models(datas, data_na
     results = [run(name, pipeline) for name in NEW]
     wrong = [f"{r.name}: {r.verdict.value}: {r.message}" for r in results if r.verdict not in (Verdict.PASS, Verdict.NA)]
     assert not wrong, "\n".join(wrong)
+    assert not disagreements(results)  # each shown number agrees with its verdict
     na = {r.name: r.message for r in results if r.verdict is Verdict.NA}
     assert all(na.values())  # every N/A says why
     expected_na = ({"padding_masked"} if data_name == "stream" else set()) | ({"position_used"} if model == "bigram" else set())
@@ -81,6 +84,7 @@ def test_planted_sequence_bug_fails_its_check_and_names_the_cause(datas, bug):
     result = run(bug.check, pipeline)
     assert result.verdict is Verdict.FAIL, f"{bug.name}: {result.verdict.value}: {result.message}"
     assert any(w.lower() in result.message.lower() for w in bug.cause_words), (bug.name, result.message)
+    assert not disagreements([result])
 
 
 def test_every_new_check_has_a_twin_or_is_a_report():
@@ -186,3 +190,24 @@ def test_a_model_that_never_sees_its_input_fails_the_ngram_baselines(datas):
             return super().forward(torch.zeros_like(x))
     result = beats_ngram_baselines(_gpt(gpt, cls=Blind))
     assert result.verdict is Verdict.FAIL, result.message
+
+
+def test_position_used_reads_the_real_tokens_of_left_padded_rows(datas):
+    """Every row starts with pads: the check drops them rather than giving up."""
+    left = datas["left-names"]
+    pad = torch.full((1,), left.pad_id)
+
+    def padded(s, _):
+        return Split(torch.cat([pad.expand(len(s), 1), s.images], 1), torch.cat([pad.expand(len(s), 1), s.labels], 1))
+    gpt = gpt_pipeline(config(), left)
+    every_row_padded = _gpt(_on_data(gpt, padded), cls=TinyGPT)
+    assert (every_row_padded.data.train.images[:, 0] == left.pad_id).all()
+    assert run("position_used", every_row_padded).verdict is Verdict.PASS
+    assert run("position_used", no_positional_embedding(every_row_padded)).verdict is Verdict.FAIL
+
+
+def test_a_recurrent_model_on_left_padded_rows_reads_the_pads(datas):
+    """Not a false alarm: an LSTM runs through left pads, so a name's predictions depend on how many pads
+    precede it (the fix is pack_padded_sequence or right padding)."""
+    result = run("padding_masked", recurrent(gpt_pipeline(config(), datas["left-names"])))
+    assert result.verdict is Verdict.FAIL and "recurrent layer runs through the pads" in result.message

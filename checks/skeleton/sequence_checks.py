@@ -120,13 +120,6 @@ def causality(pipeline: Pipeline) -> CheckResult:
                        details=details)
 
 
-def _real_length(row: torch.Tensor, pad: int | None) -> int:
-    if pad is None:
-        return len(row)
-    is_pad = (row == pad).nonzero()
-    return int(is_pad[0]) if len(is_pad) else len(row)
-
-
 def _unused_embeddings(model: nn.Module, x: torch.Tensor) -> list[str]:
     """Embedding modules that are never called on `x`, or whose output can be changed without moving the logits."""
     base, unused = _logits(model, x), []
@@ -163,12 +156,11 @@ def position_used(pipeline: Pipeline) -> CheckResult:
     """
     x, model = _rows_and_model(pipeline)
     pad = pipeline.data.pad_id
-    lengths = [_real_length(r, pad) for r in x]
-    row = int(max(range(len(lengths)), key=lengths.__getitem__))
-    L = lengths[row]
+    real_rows = [r if pad is None else r[r != pad] for r in x]  # pads dropped, left or right: real tokens only
+    one = max(real_rows, key=len)[None]
+    L = one.shape[1]
     if L < 3:
         return not_applicable("position_used", STAGE, f"the rows hold at most {L} real tokens: too short to test")
-    one = x[row:row + 1]
     t = L - 1
     base = _logits(model, one)
     edit = one.clone()
