@@ -15,11 +15,12 @@ from checks.engine.runner import run_check
 from recipe.config import TrainConfig
 from recipe.data import load_data
 from recipe.pipeline import default_pipeline
+from tests.seeds import EVIDENCE_SEEDS
 from tests.hard_clean import BAD_TWINS, HARD_CLEAN
 from tests.zoo.bugs import noisy_labels_everywhere
 from tests.zoo.catalogue import CLEAN, clean_pipelines
 
-SEEDS = range(5)
+SEEDS = EVIDENCE_SEEDS  # 0..4 with RECIPE_ALL_SEEDS=1 (tests/seeds.py)
 KINDS = ("linear", "mlp", "cnn")
 # the check that owns each twin's fault, and the words its message must name it with
 CAUGHT_BY = {"labels-permuted": ("label_signal", "shuffled"), "labels-flipped-20%": ("label_agreement", "corrupted"),

@@ -52,9 +52,8 @@ def test_the_quick_zoo_shows_numbers_that_agree_with_every_verdict(sample_data):
     assert {Verdict.PASS, Verdict.FAIL, Verdict.NA} <= verdicts  # the rule was tested on each kind
 
 
-@pytest.mark.slow
-def test_the_whole_zoo_shows_numbers_that_agree_with_every_verdict(sample_data):
-    assert_rows_agree(run_zoo(sample_data, seed=0))
+# The whole zoo's numbers are held to the same rule in tests/test_zoo.py's detection matrix, on the
+# one run of the zoo that test makes (running it a second time here cost ~2 min of CI).
 
 
 @pytest.mark.parametrize("value, verdict", [(0.01, Verdict.PASS), (0.3, Verdict.WARN), (3.0, Verdict.FAIL)])

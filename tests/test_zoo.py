@@ -9,6 +9,8 @@ from checks import run_all
 from checks.engine.result import Verdict
 from checks.engine.runner import run_check
 from checks.engine.registry import CHECKS
+from tests.seeds import EVIDENCE_SEEDS
+from tests.test_verdicts import assert_rows_agree
 from tests.zoo.catalogue import (CLEAN, COLOUR_DIGITS, DATA_SETS, ZOO, clean_pipelines, detection_rate, run_zoo,
                                   zoo_data)
 from recipe.config import TrainConfig
@@ -16,7 +18,7 @@ from recipe.data import load_data
 from recipe.errors import DataError
 from recipe.pipeline import default_pipeline
 
-SEEDS = range(5)
+SEEDS = EVIDENCE_SEEDS  # 0..4 with RECIPE_ALL_SEEDS=1 (tests/seeds.py)
 KINDS = ("linear", "mlp", "cnn")
 slow = pytest.mark.slow
 
@@ -150,6 +152,7 @@ def test_detection_matrix_catches_every_declared_bug(sample):
     caught, total = detection_rate(rows)
     assert caught / total >= 0.9
     assert [row.name for row in rows if row.missed] == []
+    assert_rows_agree(rows)  # and every number shown agrees with its verdict (tests/test_verdicts.py's rule)
 
 
 def _row(name, bug, verdicts):
