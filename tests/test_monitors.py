@@ -374,3 +374,37 @@ def test_diff_compares_the_monitors_like_checks(tmp_path):
     diff = compare(record("PASS"), record("FAIL"), tmp_path, tmp_path)
     assert [(r["stage"], r["name"], r["a"], r["b"]) for r in diff.worse] == [("training", "loss_spikes", "PASS", "FAIL")]
     assert compare(record("PASS", monitors=False), record("FAIL"), tmp_path, tmp_path).only_b == []  # a check run
+
+
+# ---------------------------------------------------------------- loss_spikes: held spikes, not hard batches
+
+def _log(losses):
+    from recipe.monitors import MonitorLog
+    return MonitorLog(every=1, steps=list(range(len(losses))), losses=losses)
+
+
+def _nearly_fitted(n=300, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (0.03 + 0.01 * torch.rand(n, generator=generator)).tolist()  # a small table the model nearly fits
+
+
+@pytest.mark.parametrize("lifted", [[150], [150, 151], list(range(40, 300, 38))],
+                         ids=["one-batch", "two-batches", "the-same-hard-rows-every-epoch"])
+def test_a_hard_batch_that_lifts_one_step_only_warns(lifted):
+    from checks.training.monitor_checks import loss_spikes
+    losses = _nearly_fitted()
+    for step in lifted:
+        losses[step] = 0.8  # borderline rows in this batch: z ~ 200 for that step alone
+    result = loss_spikes(_log(losses))
+    assert result.verdict is Verdict.WARN and "hard or mislabelled" in result.message
+    assert result.details["single_step_z"] > result.threshold > result.value
+
+
+@pytest.mark.parametrize("decay", [0.95, 0.8, 1.0], ids=["slow-recovery", "fast-recovery", "never-recovers"])
+def test_a_spike_the_next_steps_keep_fails(decay):
+    from checks.training.monitor_checks import loss_spikes
+    losses = _nearly_fitted()
+    for i, step in enumerate(range(150, 300)):
+        losses[step] = 0.03 + 0.8 * decay ** i  # the model itself got worse (an lr jump): later batches stay up
+    result = loss_spikes(_log(losses))
+    assert result.verdict is Verdict.FAIL and result.details["step"] == 150 and "stayed up" in result.message
