@@ -13,7 +13,7 @@ import torch
 
 from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Verdict, measured
-from checks.measure.ngrams import chance_agreement, ngram_losses, offset_agreement, real, rows, unigram_counts
+from checks.measure.ngrams import chance_agreement, ngram_losses, offset_agreement, rows, unigram_counts
 from recipe.pipeline import Pipeline
 
 STAGE = "data"

@@ -32,7 +32,7 @@ CHECKS_BY_STAGE = {
                  loader.batch_sampling, augmentation.augmentation_consistency, skeleton.output_sanity,
                  skeleton.eval_determinism, skeleton.loss_at_init, skeleton.batch_independence, gradients.gradient_flow,
                  step.gradient_clipping, capacity.effective_linearity,
-                 sequence_skeleton.output_shape, sequence_skeleton.causality, sequence_skeleton.position_used,
+                 sequence_skeleton.causality, sequence_skeleton.position_used,
                  padding.padding_masked],
     "baselines": [baselines.input_independent_baseline, overfit.overfit_one_batch,
                   baselines.training_loss_decreases, baselines.prediction_dynamics, plan.run_length,

@@ -1,5 +1,5 @@
-"""Skeleton checks for language models: logits of shape (B, T, V), no position reading later tokens,
-positions that matter to an attention model, and padding that neither scores nor is attended.
+"""Skeleton checks for language models: no position reading later tokens, and positions that matter to
+a model that reads context (padding: padding_checks.py; the (B, T, V) shape: the shared output_sanity).
 
 Each runs a fresh model in eval mode (dropout off) on a few real rows and compares logits after a
 controlled edit of the input: a later token, the order, a pad's embedding. An effect is judged against
@@ -47,29 +47,6 @@ def _replaced(pipeline: Pipeline, ids: torch.Tensor, offset: int = 0) -> torch.T
 
 def _effect(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) if a.numel() else 0.0
-
-
-@applies_to("tokens")
-def output_shape(pipeline: Pipeline) -> CheckResult:
-    """The model maps (B, T) ids to finite float logits (B, T, V), one distribution per position."""
-    x, model = _rows_and_model(pipeline)
-    with torch.no_grad():
-        out = forward_logits(model, x)
-    expected = (*x.shape, pipeline.num_classes)
-    problems = []
-    if tuple(out.shape) != expected:
-        problems.append(f"the logits have shape {tuple(out.shape)}, expected (B, T, V) = {expected}: "
-                        + ("a head sized to another vocabulary" if out.shape[:-1] == x.shape else
-                           "the time axis dropped or flattened (a sequence classifier head, logits.view(-1, V))"))
-    elif not out.is_floating_point():
-        problems.append(f"the logits have dtype {out.dtype}, expected floating point")
-    elif not torch.isfinite(out).all():
-        problems.append("the logits hold NaN/Inf at init: check the init, the attention mask fill (-inf on a "
-                        "whole row), any log/exp/division")
-    message = (f"a batch of {tuple(x.shape)} ids gives finite logits {expected}." if not problems
-               else "; ".join(problems) + ".")
-    return CheckResult("output_shape", STAGE, Verdict.FAIL if problems else Verdict.PASS, float(len(problems)),
-                       0.0, "==", message)
 
 
 @applies_to("tokens")
