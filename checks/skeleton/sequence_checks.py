@@ -133,25 +133,25 @@ def position_used(pipeline: Pipeline) -> CheckResult:
     """
     x, model = _rows_and_model(pipeline)
     pad = pipeline.data.pad_id
-    real_rows = [r if pad is None else r[r != pad] for r in x]  # pads dropped, left or right: real tokens only
-    one = max(real_rows, key=len)[None]
-    L = one.shape[1]
-    if L < 3:
-        return not_applicable("position_used", STAGE, f"the rows hold at most {L} real tokens: too short to test")
-    t = L - 1
+    real = [torch.arange(x.shape[1], device=x.device) if pad is None else (r != pad).nonzero().flatten() for r in x]
+    row = max(range(len(x)), key=lambda k: len(real[k]))
+    one, at = x[row:row + 1], real[row]  # the full row (models may need all T), and its real positions
+    if len(at) < 3:
+        return not_applicable("position_used", STAGE, f"the rows hold at most {len(at)} real tokens: too short to test")
+    t, before = int(at[-1]), at[:-1]
     base = _logits(model, one)
     edit = one.clone()
     edit[:, t] = _replaced(pipeline, one[:, t])
     own = _effect(_logits(model, edit)[:, t], base[:, t])
     edit = one.clone()
-    edit[:, :t] = _replaced(pipeline, one[:, :t], 1)
+    edit[:, before] = _replaced(pipeline, one[:, before], 1)
     context = _effect(_logits(model, edit)[:, t], base[:, t])
     details = {"own_token_effect": own, "context_effect": context}
     if context <= ROUND_OFF * own:
         return not_applicable("position_used", STAGE, f"the logits at t follow the token at t alone (replacing every "
                               f"earlier token moved them {context:.2g}, the token itself {own:.2g}): a model that "
                               "reads no context (a bigram table) cannot use order", details=details)
-    a, b = int(one[0, 0]), int(_replaced(pipeline, one[:, :1], 2)[0, 0])
+    a, b = int(one[0, before[0]]), int(_replaced(pipeline, one[:, before[:1]], 2)[0, 0])
     constant = _logits(model, torch.full_like(one, a))
     spread = _effect(constant, constant[:, :1].expand_as(constant))
     token = _effect(_logits(model, torch.full_like(one, b))[:, 0], constant[:, 0])
@@ -168,10 +168,15 @@ def position_used(pipeline: Pipeline) -> CheckResult:
                            f"{said}: the model reads no position, and the embedding table {'; '.join(unused)} does "
                            "not reach the logits: the positional embedding is never added (h = tok(x) where "
                            "h = tok(x) + pos(arange(T)) belongs).", details={**details, "unused": unused})
+    i = int(before[0])
+    others = [int(k) for k in before[1:] if int(one[0, k]) != int(one[0, i])]
+    if not others:
+        return not_applicable("position_used", STAGE, f"{said}; the row holds one distinct token before t, so the "
+                              "order of its context cannot be tested", details=details)
+    j = others[-1]
     swapped = one.clone()
-    i, j = 0, t - 1
     swapped[:, [i, j]] = one[:, [j, i]]
-    order = _effect(_logits(model, swapped)[:, t], base[:, t]) if int(one[0, i]) != int(one[0, j]) else context
+    order = _effect(_logits(model, swapped)[:, t], base[:, t])
     ratio = order / context
     details.update(order_effect=order)
     if ratio <= ROUND_OFF:
