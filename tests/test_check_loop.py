@@ -1,0 +1,125 @@
+"""check_loop on a plain PyTorch loop's own objects: pytorch/examples mnist/main.py's Net, Adadelta(lr=1.0),
+StepLR(step_size=1, gamma=0.7) stepped per epoch, and DataLoaders over a Dataset applying ToTensor + Normalize
+the way the script does, on the `sample` digits. Clean: PASS. One zoo bug planted in the user's objects:
+that check's FAIL, raised as PreflightFailed. Loaders the checks cannot trace: one line, before any check."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torch.optim as optim
+from torch.optim.lr_scheduler import StepLR
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torchvision import transforms
+
+from checks import LoopVerdict, PreflightFailed, check_loop
+from checks.engine.result import Verdict
+from recipe.data import load_data
+from recipe.loaders import LoaderError
+from tests.pipelines.pytorch_examples_mnist import Net
+
+
+class Digits(Dataset):
+    """What datasets.MNIST(transform=...) gives in the script: (1, 28, 28) normalised tensors, int labels."""
+
+    def __init__(self, split, labels=None):
+        self.images, self.labels = split.images, split.labels if labels is None else labels
+        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i, 0].numpy()), int(self.labels[i])
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_data("sample", download=False)
+
+
+def loaders(sample, train_labels=None, shuffle=True):
+    return (DataLoader(Digits(sample.train, train_labels), batch_size=64, shuffle=shuffle),
+            DataLoader(Digits(sample.val), batch_size=1000), DataLoader(Digits(sample.test), batch_size=1000))
+
+
+def the_script(train, val, test, **overrides) -> LoopVerdict:
+    """The script's objects, unchanged, handed to check_loop."""
+    arguments = dict(test_loader=test, scheduler_factory=lambda opt: StepLR(opt, step_size=1, gamma=0.7),
+                     scheduler_interval="epoch")
+    arguments.update(overrides)
+    return check_loop(lambda: Net(), lambda params: optim.Adadelta(params, lr=1.0), F.nll_loss, train, val,
+                      **arguments)
+
+
+def step_without_zero_grad(model, optimizer, loss_fn, x, y):
+    loss = loss_fn(model(x), y)  # optimizer.zero_grad() forgotten: gradients add up across steps
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+class SoftmaxNet(Net):
+    def forward(self, x):
+        return F.softmax(super().forward(x), dim=1)  # probabilities, then cross_entropy log-softmaxes again
+
+
+@pytest.mark.slow
+def test_the_mnist_script_passes_and_writes_the_usual_report(sample, tmp_path):
+    verdict = the_script(*loaders(sample), report_dir=tmp_path)
+    assert verdict.passed, verdict.failure_line()
+    assert verdict.complete and verdict.report.is_file()
+    assert "read back into [0, 1] pixels" in verdict.pipeline.data.reason
+    # the checks read the script's own Normalize constants off the batches
+    assert verdict.result("normalisation_stats_source").details["applied_mean"] == pytest.approx([0.1307], abs=1e-4)
+
+
+def test_the_model_sees_exactly_what_the_loader_gives(sample):
+    train, val, test = loaders(sample)
+    pipeline = the_script(train, val, test, only=["integrity"]).pipeline
+    batch = next(pipeline.batches("val"))
+    x, y = next(iter(val))
+    assert torch.allclose(batch.x, x[:64], atol=1e-5) and torch.equal(batch.y, y[:64])
+    assert pipeline.config.batch_size == 64 and pipeline.scheduler_interval == "epoch"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bug, check", [("no_zero_grad", "gradient_flow"), ("softmax_before_loss", "output_sanity"),
+                                        ("labels_shuffled_in_dataset", "label_signal")])
+def test_a_planted_zoo_bug_fails_its_check_and_stops_the_script(sample, bug, check):
+    order = torch.randperm(len(sample.train), generator=torch.Generator().manual_seed(0))
+    shuffled = sample.train.labels[order] if bug == "labels_shuffled_in_dataset" else None  # apart from the images
+    train, val, test = loaders(sample, shuffled)
+    overrides = {"only": [check]}
+    if bug == "no_zero_grad":
+        overrides["step"] = step_without_zero_grad
+    if bug == "softmax_before_loss":
+        overrides["loss_fn"] = F.cross_entropy
+    model = SoftmaxNet if bug == "softmax_before_loss" else Net
+    with pytest.raises(PreflightFailed) as raised:
+        check_loop(lambda: model(), lambda params: optim.Adadelta(params, lr=1.0),
+                   overrides.pop("loss_fn", F.nll_loss), train, val, test_loader=test, **overrides)
+    assert raised.value.verdict.result(check).verdict is Verdict.FAIL
+    assert f"/{check} FAIL" in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_train_loader_that_never_shuffles_is_seen(sample):
+    verdict = the_script(*loaders(sample, shuffle=False), only=["batch_sampling"], raise_on_fail=False)
+    assert verdict.result("batch_sampling").verdict is Verdict.FAIL and not verdict.passed
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        yield from ((torch.zeros(1, 28, 28), 0) for _ in range(8))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda t: DataLoader(Stream(), batch_size=4), "IterableDataset"),
+    (lambda t: DataLoader(t.dataset, batch_size=4, collate_fn=lambda items: items), "collate_fn"),
+    (lambda t: list(t), "DataLoader"),
+])
+def test_a_loader_the_checks_cannot_trace_is_refused_in_one_line(sample, make, words):
+    train, val, test = loaders(sample)
+    with pytest.raises(LoaderError) as raised:
+        the_script(make(train), val, test)
+    assert words in str(raised.value) and "\n" not in str(raised.value)

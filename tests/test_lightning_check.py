@@ -1,0 +1,102 @@
+"""RecipeCheck in a Lightning Trainer: a LightningModule written as Lightning's docs write their MNIST example,
+on the `sample` digits through DataLoaders. Clean: the preflight runs before the first epoch and fit goes on.
+A zoo bug planted in training_step: fit stops with that check's FAIL; force=True trains anyway."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from checks.engine.result import Verdict  # noqa: E402
+from checks.integrations.lightning import RecipeCheck  # noqa: E402
+from checks.integrations.loop import PreflightFailed  # noqa: E402
+from recipe.data import load_data  # noqa: E402
+
+
+class LitMNIST(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer_1 = nn.Linear(28 * 28, 128)
+        self.layer_2 = nn.Linear(128, 256)
+        self.layer_3 = nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = x.view(x.size(0), -1)
+        x = F.relu(self.layer_1(x))
+        x = F.relu(self.layer_2(x))
+        return self.layer_3(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class NegatedLoss(LitMNIST):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return -F.cross_entropy(self(x), y)  # the zoo's negated_loss: gradient ascent
+
+
+class SummedLoss(LitMNIST):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y, reduction="sum")  # the zoo's loss_summed: B times the mean
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_data("sample", download=False)
+
+    def loader(split, shuffle=False):
+        pixels = split.images.float().div(255).sub(0.1307).div(0.3081)  # ToTensor + Normalize, as the docs do
+        return DataLoader(TensorDataset(pixels, split.labels), batch_size=64, shuffle=shuffle)
+
+    return loader(data.train, shuffle=True), loader(data.val)
+
+
+def fit(module, digits, callback):
+    trainer = pl.Trainer(max_epochs=1, callbacks=[callback], accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_train_batches=5, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(module, *digits)
+    return trainer
+
+
+@pytest.mark.slow
+def test_the_docs_module_passes_and_fit_goes_on(digits, tmp_path):
+    callback = RecipeCheck(report_dir=tmp_path)
+    trainer = fit(LitMNIST(), digits, callback)
+    assert callback.verdict.passed, callback.verdict.failure_line()
+    assert callback.verdict.complete and callback.verdict.report.is_file()
+    assert trainer.global_step == 5  # the preflight ran before the first epoch, and training went on
+
+
+@pytest.mark.parametrize("module_class, words", [(NegatedLoss, "wrong sign"), (SummedLoss, "reduction")])
+def test_a_zoo_bug_in_training_step_stops_fit_with_that_checks_fail(digits, module_class, words):
+    module = module_class()
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(PreflightFailed) as raised:
+        fit(module, digits, RecipeCheck(report_dir=None, only=["loss_at_init"]))
+    assert raised.value.verdict.result("loss_at_init").verdict is Verdict.FAIL
+    assert "/loss_at_init FAIL" in str(raised.value) and words in str(raised.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))  # fit stopped before any step
+
+
+def test_force_trains_anyway(digits):
+    callback = RecipeCheck(report_dir=None, only=["loss_at_init"], force=True)
+    trainer = fit(NegatedLoss(), digits, callback)
+    assert not callback.verdict.passed and trainer.global_step == 5
+    assert callback.verdict.result("loss_at_init").verdict is Verdict.FAIL
