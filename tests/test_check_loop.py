@@ -123,3 +123,23 @@ def test_a_loader_the_checks_cannot_trace_is_refused_in_one_line(sample, make, w
     with pytest.raises(LoaderError) as raised:
         the_script(make(train), val, test)
     assert words in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_usage_example_runs_as_pasted(sample, tmp_path, monkeypatch):
+    """docs/usage.md's check_loop example, on the script's Net and loaders; a few checks instead of all,
+    so it stays fast (the full preflight on these objects is the slow test above)."""
+    import re
+    from pathlib import Path
+
+    import checks.integrations.loop as loop
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page.split("## Your own training loop", 1)[1], re.S).group(1)
+    run = loop.run_preflight_on
+    monkeypatch.setattr(loop, "run_preflight_on", lambda *a, **k: run(*a, **{**k, "only": ["label_pairing"]}))
+    monkeypatch.chdir(tmp_path)
+    train_loader, val_loader, _ = loaders(sample)
+    scope = {"Net": Net, "train_loader": train_loader, "val_loader": val_loader}
+    exec(compile(code, "usage.md", "exec"), scope)
+    assert scope["verdict"].passed and scope["verdict"].report.is_file()
+    assert scope["verdict"].pipeline.scheduler_interval == "epoch"
