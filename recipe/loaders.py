@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, default_collate
 
 from recipe.data import SPLIT_SEED, Batch, DataBundle, NormStats, TensorBatches, stratified_holdout
 from recipe.datasets import IMAGE_KEYS, LABEL_KEYS, bundle_from_datasets
@@ -61,7 +61,8 @@ def read_loaders(train_loader, val_loader, test_loader=None, *, class_names: Seq
     if batch_size is None:
         raise LoaderError("the train loader has no batch_size (a custom batch_sampler?): give it batch_size=N, "
                           "so the checks batch the way training does")
-    shuffled = isinstance(train_loader.sampler, RandomSampler)
+    sampler = train_loader.sampler  # under DDP a DistributedSampler, which shuffles when asked to
+    shuffled = isinstance(sampler, RandomSampler) or (isinstance(sampler, DistributedSampler) and sampler.shuffle)
     first = _pair(datasets["train"][0], "train", 0)
     again = _pair(datasets["train"][0], "train", 0)[0]
     if isinstance(first[0], torch.Tensor) and isinstance(again, torch.Tensor) and not torch.equal(first[0], again):
@@ -222,7 +223,8 @@ def _token_bundle(datasets: dict, vocab, decode, pad_id, device) -> DataBundle:
         val = datasets["val"]
         cut = len(val) - len(val) // 2
         if cut == len(val):
-            raise LoaderError("the val loader holds one sequence: too few to lend half to a test split; pass test_loader")
+            raise LoaderError("the val loader holds one sequence: too few to lend half to a test split; "
+                              "pass test_loader")
         datasets = {**datasets, "val": torch.utils.data.Subset(val, range(cut)),
                     "test": torch.utils.data.Subset(val, range(cut, len(val)))}
     return bundle_from_token_ids(_Listed(datasets["train"]), _Listed(datasets["test"]), _Listed(datasets["val"]),

@@ -100,3 +100,39 @@ def test_force_trains_anyway(digits):
     trainer = fit(NegatedLoss(), digits, callback)
     assert not callback.verdict.passed and trainer.global_step == 5
     assert callback.verdict.result("loss_at_init").verdict is Verdict.FAIL
+
+
+DDP_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from tests.test_lightning_check import DataLoader, NegatedLoss, RecipeCheck, TensorDataset, load_data, pl
+
+if __name__ == "__main__":
+    data = load_data("sample", download=False)
+    loaders = [DataLoader(TensorDataset(s.images.float().div(255), s.labels), batch_size=64, shuffle=s is data.train)
+               for s in (data.train, data.val)]
+    trainer = pl.Trainer(max_epochs=1, callbacks=[RecipeCheck(report_dir=None, only=["loss_at_init"])],
+                         accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    try:
+        trainer.fit(NegatedLoss(), *loaders)
+        print("rank", trainer.global_rank, "TRAINED", flush=True)
+    except Exception as err:
+        print("rank", trainer.global_rank, "STOPPED", type(err).__name__, err, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_under_ddp_rank_0_checks_and_every_rank_stops(tmp_path):
+    """strategy="ddp", 2 CPU processes (gloo): the preflight runs on rank 0 only, and both ranks stop."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "fit_ddp.py"
+    script.write_text(DDP_SCRIPT.format(repo=str(Path(__file__).resolve().parents[1])))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("rank ")]
+    assert sorted(line.split(" STOPPED ")[0] for line in lines) == ["rank 0", "rank 1"], done.stdout + done.stderr
+    assert "rank 0 STOPPED PreflightFailed" in done.stdout and "rank 1 STOPPED RankStopped" in done.stdout
+    assert all("/loss_at_init FAIL" in line for line in lines)

@@ -48,7 +48,8 @@ class RecipeCheck(Callback):
                  loss_fn: Callable | None = None, only=None, seed: int = 0, check_steps: int = 0):
         self.report_dir, self.force, self.gate, self.only = report_dir, force, gate, only
         self.loss_fn, self.seed, self.check_steps = loss_fn, seed, check_steps
-        self.verdict: LoopVerdict | None = None
+        self.verdict: LoopVerdict | None = None  # rank 0's results (None on the other ranks)
+        self.passed: bool | None = None  # on every rank
 
     def on_train_start(self, trainer, pl_module) -> None:
         verdict = None
@@ -58,16 +59,23 @@ class RecipeCheck(Callback):
                 warnings.filterwarnings("ignore", message=".*self.log.*")  # the copies have no Trainer to log to
                 verdict = run_preflight_on(pipeline, _spec_of(pl_module), gate=self.gate, report_dir=self.report_dir,
                                            raise_on_fail=False, only=self.only)
-        self.verdict = _verdict_for_every_rank(trainer, verdict)
-        if not self.verdict.passed and not self.force:
-            raise PreflightFailed(self.verdict)
+        self.verdict = verdict
+        self.passed, line = _verdict_for_every_rank(trainer, verdict)
+        if not self.passed and not self.force:
+            raise PreflightFailed(verdict) if verdict is not None else RankStopped(line)
 
 
-def _verdict_for_every_rank(trainer, verdict):
-    """Rank 0's verdict, sent to every rank, so all of them stop (or train) together."""
-    if trainer.world_size == 1:
-        return verdict
-    return trainer.strategy.broadcast(verdict, src=0)
+class RankStopped(RecipeError):
+    """Raised on a rank other than 0 when rank 0's preflight failed: the same line, so every rank stops."""
+
+
+def _verdict_for_every_rank(trainer, verdict) -> tuple[bool, str]:
+    """(passed, failure line) of rank 0's preflight, sent to every rank, so all stop (or train) together.
+    Only these two travel: the verdict holds the pipeline, whose factories need not pickle."""
+    summary = (verdict.passed, verdict.failure_line()) if verdict is not None else None
+    if trainer.world_size > 1:
+        summary = trainer.strategy.broadcast(summary, src=0)
+    return summary
 
 
 def lightning_pipeline(trainer, module, loss_fn: Callable | None = None, seed: int = 0,
@@ -88,7 +96,7 @@ def lightning_pipeline(trainer, module, loss_fn: Callable | None = None, seed: i
     config = TrainConfig(epochs=max(trainer.max_epochs or 1, 1), batch_size=view.batch_size, seed=seed,
                          check_steps=check_steps)
     return Pipeline(name=type(module).__name__, data=view.data, norm=view.norm, batches=view.batches,
-                    make_model=made.model, loss_fn=loss_fn or _loss_from_training_step(template),
+                    make_model=made.model, loss_fn=loss_fn or _loss_from_training_step(template, view),
                     make_optimizer=made.optimizer, train_step=lightning_step, config=config,
                     make_scheduler=made.scheduler if made.interval else None,
                     scheduler_interval=made.interval or "step", derived_from=config)
@@ -191,20 +199,30 @@ class _GivenOutputs(torch.nn.Module):
         return getattr(object.__getattribute__(self, "_module"), name)
 
 
-def _loss_from_training_step(template) -> Callable:
+def _loss_from_training_step(template, view) -> Callable:
     """loss_fn(outputs, y) = what training_step computes from those outputs, so a loss written inside
-    training_step (a softmax before cross_entropy included) is the loss every check scores. A
-    training_step that does not reach its outputs through `self(x)` falls back to F.cross_entropy."""
+    training_step (a sum, a sign, a softmax before cross_entropy) is the loss every check scores. Tried
+    once on a val batch against training_step itself: a step that does not reach the model through
+    `self(x)` gets F.cross_entropy instead (pass RecipeCheck(loss_fn=...) for another), with a warning."""
     step = type(template).training_step
 
-    def loss_fn(outputs, y):
-        try:
-            loss = _loss_of(step(_GivenOutputs(template, outputs), [outputs, y], 0))
-        except Exception:  # the step reads the model some other way: the plain classifier's loss
-            return F.cross_entropy(outputs, y)
-        return loss
+    def from_step(outputs, y):
+        return _loss_of(step(_GivenOutputs(template, outputs), [outputs, y], 0))
 
-    return loss_fn
+    batch = next(view.batches("val"))
+    model = copy.deepcopy(template).eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*self.log.*")
+            direct = _loss_of(model.training_step([batch.x, batch.y], 0))
+            agree = torch.allclose(from_step(model(batch.x), batch.y), direct, rtol=1e-4, atol=1e-6)
+    except Exception:  # the step reads the model some other way (self.net(x), a dict batch)
+        agree = False
+    if agree:
+        return from_step
+    warnings.warn("RecipeCheck: training_step's loss could not be read off given outputs (does it call self(x)?); "
+                  "the checks score outputs with F.cross_entropy: pass RecipeCheck(loss_fn=...) for another")
+    return F.cross_entropy
 
 
 def _spec_of(module) -> str:

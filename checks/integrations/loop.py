@@ -67,7 +67,7 @@ class LoopVerdict:
         return next(r for r in self.results if r.name == name)
 
     def failure_line(self) -> str:
-        names = "; ".join(f"{r.stage}/{r.name} {r.verdict.value}: {r.message}" for r in self.failing)
+        names = "; ".join(f"{r.stage}/{r.name} {r.verdict.value}: {r.message.rstrip('.')}" for r in self.failing)
         where = f" Report: {self.report}." if self.report is not None else ""
         return f"the preflight FAILED, so training should not start: {names}.{where}"
 
