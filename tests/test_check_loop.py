@@ -143,3 +143,27 @@ def test_the_usage_example_runs_as_pasted(sample, tmp_path, monkeypatch):
     exec(compile(code, "usage.md", "exec"), scope)
     assert scope["verdict"].passed and scope["verdict"].report.is_file()
     assert scope["verdict"].pipeline.scheduler_interval == "epoch"
+
+
+def test_feature_rows_and_token_ids_through_loaders_are_seen_as_the_model_gets_them():
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    rows = torch.randn(600, 5, generator=torch.Generator().manual_seed(0)) * 40 + 100  # never standardised
+    labels = (rows[:, 0] > 100).long()
+    train = DataLoader(TensorDataset(rows[:400], labels[:400]), batch_size=32, shuffle=True)
+    val = DataLoader(TensorDataset(rows[400:], labels[400:]), batch_size=100)
+    verdict = check_loop(lambda: nn.Linear(5, 2), lambda p: optim.Adam(p, 1e-2), F.cross_entropy, train, val,
+                         only=["label_pairing", "input_normalisation"], gate=False, raise_on_fail=False)
+    assert verdict.pipeline.kind == "features" and verdict.result("label_pairing").verdict is Verdict.PASS
+    assert verdict.result("input_normalisation").verdict is Verdict.FAIL  # the rows reach the net raw, as given
+
+    ids = torch.randint(0, 20, (300, 17), generator=torch.Generator().manual_seed(0))  # (N, T + 1) per item
+    model = lambda: nn.Sequential(nn.Embedding(20, 16), nn.Linear(16, 20))  # noqa: E731
+    loss = lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten())  # noqa: E731
+    verdict = check_loop(model, lambda p: optim.Adam(p, 1e-2), loss,
+                         DataLoader(ids[:240], batch_size=16, shuffle=True), DataLoader(ids[240:], batch_size=16),
+                         vocab=20, only=["token_range", "label_pairing"])
+    assert verdict.pipeline.kind == "tokens" and verdict.passed
+    with pytest.raises(LoaderError, match="vocab="):
+        check_loop(model, optim.Adam, F.cross_entropy, DataLoader(ids, batch_size=16), DataLoader(ids, batch_size=16))
