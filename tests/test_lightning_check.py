@@ -136,3 +136,13 @@ def test_under_ddp_rank_0_checks_and_every_rank_stops(tmp_path):
     assert sorted(line.split(" STOPPED ")[0] for line in lines) == ["rank 0", "rank 1"], done.stdout + done.stderr
     assert "rank 0 STOPPED PreflightFailed" in done.stdout and "rank 1 STOPPED RankStopped" in done.stdout
     assert all("/loss_at_init FAIL" in line for line in lines)
+
+
+def test_a_loader_the_checks_cannot_read_stops_fit_in_one_line(digits):
+    from recipe.loaders import LoaderError
+
+    train, val = digits
+    custom = DataLoader(train.dataset, batch_size=64, collate_fn=lambda items: [torch.stack([x for x, _ in items]),
+                                                                               torch.stack([y for _, y in items])])
+    with pytest.raises(LoaderError, match="collate_fn"):
+        fit(LitMNIST(), (custom, val), RecipeCheck(report_dir=None, force=True))

@@ -52,16 +52,23 @@ class RecipeCheck(Callback):
         self.passed: bool | None = None  # on every rank
 
     def on_train_start(self, trainer, pl_module) -> None:
-        verdict = None
+        verdict, refused = None, None
         if trainer.global_rank == 0:
-            pipeline = lightning_pipeline(trainer, pl_module, self.loss_fn, self.seed, self.check_steps)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*self.log.*")  # the copies have no Trainer to log to
-                verdict = run_preflight_on(pipeline, _spec_of(pl_module), gate=self.gate, report_dir=self.report_dir,
-                                           raise_on_fail=False, only=self.only)
+            try:
+                pipeline = lightning_pipeline(trainer, pl_module, self.loss_fn, self.seed, self.check_steps)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*self.log.*")  # the copies have no Trainer to log to
+                    verdict = run_preflight_on(pipeline, _spec_of(pl_module), gate=self.gate,
+                                               report_dir=self.report_dir, raise_on_fail=False, only=self.only)
+            except RecipeError as err:  # a loader or module the checks cannot read: the other ranks must hear too
+                refused = err
         self.verdict = verdict
-        self.passed, line = _verdict_for_every_rank(trainer, verdict)
-        if not self.passed and not self.force:
+        summary = (False, str(refused), True) if refused is not None else \
+            (verdict.passed, verdict.failure_line(), False) if verdict is not None else None
+        self.passed, line, was_refused = _verdict_for_every_rank(trainer, summary)
+        if refused is not None:
+            raise refused
+        if not self.passed and (was_refused or not self.force):  # force trains past a FAIL, never past a refusal
             raise PreflightFailed(verdict) if verdict is not None else RankStopped(line)
 
 
@@ -69,10 +76,9 @@ class RankStopped(RecipeError):
     """Raised on a rank other than 0 when rank 0's preflight failed: the same line, so every rank stops."""
 
 
-def _verdict_for_every_rank(trainer, verdict) -> tuple[bool, str]:
-    """(passed, failure line) of rank 0's preflight, sent to every rank, so all stop (or train) together.
-    Only these two travel: the verdict holds the pipeline, whose factories need not pickle."""
-    summary = (verdict.passed, verdict.failure_line()) if verdict is not None else None
+def _verdict_for_every_rank(trainer, summary) -> tuple[bool, str, bool]:
+    """(passed, failure line, refused) of rank 0's preflight, sent to every rank, so all stop (or train) together.
+    Only these travel: the verdict holds the pipeline, whose factories need not pickle."""
     if trainer.world_size > 1:
         summary = trainer.strategy.broadcast(summary, src=0)
     return summary
