@@ -162,7 +162,14 @@ def _write_report(report_dir: Path, preflight, pipeline: Pipeline, started: floa
 
 
 def _name_of(factory) -> str:
-    return getattr(factory, "__qualname__", type(factory).__name__).replace("<lambda>", "loop")
+    """The factory's name, or for a lambda the class of the model it makes (`lambda: Net()` -> Net)."""
+    name = getattr(factory, "__qualname__", type(factory).__name__)
+    if "<lambda>" in name or "<locals>" in name:
+        try:
+            return type(factory()).__name__
+        except Exception:  # a factory that crashes here crashes in the checks too, where it is explained
+            return "loop"
+    return name
 
 
 def _spec_of(factory) -> str:
