@@ -4,9 +4,9 @@
 makemore's ladder: a model that cannot beat counting tokens is not learning from context; one that
 cannot beat counting pairs has not learned yet what a lookup table learns in one pass. A run that ends
 above the unigram with its train loss still falling is a slow start, not a bug: WARN; a FAIL is a
-loss that stopped falling above the unigram. The run is
-the pipeline's own: fresh model, its optimizer, scheduler and step, for a number of STEPS (the
-`--check-steps` setting, else REFERENCE_STEPS), never for a time.
+loss that stopped falling above the unigram. The run is the shared reference run
+(checks/measure/reference_run.py: the pipeline's own model, optimizer, scheduler and step, budgeted in
+steps, never by the clock), trained once for every baseline check.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import nn
 from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Figure, Verdict
 from checks.measure.ngrams import ngram_losses
-from checks.measure.reference_run import REFERENCE_STEPS, budgeted_training
+from checks.measure.reference_run import reference_run
 from checks.measure.sampling import fresh_model, generator
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
@@ -63,9 +63,11 @@ def beats_ngram_baselines(pipeline: Pipeline) -> CheckResult:
     base = ngram_losses(pipeline.data, "val")
     untrained = fresh_model(pipeline)
     at_init, before = samples(pipeline, untrained), val_loss(pipeline, untrained)
-    run = budgeted_training(pipeline, pipeline.config.check_steps or REFERENCE_STEPS)
-    after = val_loss(pipeline, run.model)
-    trained = samples(pipeline, run.model)
+    run = reference_run(pipeline)
+    modes = [(module, module.training) for module in run.model.modules()]
+    after, trained = val_loss(pipeline, run.model), samples(pipeline, run.model)
+    for module, training in modes:  # the shared model goes back as the run left it, for the checks after this one
+        module.training = training
     details = {"val_loss_at_init": before, "val_loss": after, "steps": run.steps, **base,
                "samples_at_init": at_init, "samples_after": trained, **run.budget_details}
     figure = Figure("text", f"samples at init and after {run.steps} steps",
