@@ -226,3 +226,9 @@ def test_other_seeds_catch_every_twin_and_pass_the_clean_models(seed):
         wrong = [f"{r.name}: {r.message}" for r in (run(name, pipeline) for name in NEW)
                  if r.verdict not in (Verdict.PASS, Verdict.NA)]
         assert not wrong, (data_name, model, wrong)
+
+
+def test_the_text_figure_draws_decoded_samples_with_newlines_and_long_lines():
+    from checks.engine.result import Figure
+    png = render_png(Figure("text", "samples", {"lines": ["init:  a\nb", "after: " + "x" * 300]}))
+    assert png.startswith(b"\x89PNG")
