@@ -192,10 +192,24 @@ def vocab_one_short(p):
 
 
 def ids_counted_from_one(p):
-    d = p.data
-    grow = lambda s, _: Split(s.images + 1, s.labels + 1)  # noqa: E731
-    shifted = _on_data(p, grow).data
-    return gpt_pipeline(p.config, shifted)
+    def grow(s, _):
+        return Split(s.images + 1, s.labels + 1)
+    return gpt_pipeline(p.config, _on_data(p, grow).data)
+
+
+def train_without(p, token: int):
+    """`token` replaced by id 0 in train only: val and test hold a token train never shows (train read
+    from another source, or encoded with another vocabulary)."""
+    def hide(s, name):
+        if name != "train":
+            return s
+        return Split(torch.where(s.images == token, 0, s.images), torch.where(s.labels == token, 0, s.labels))
+    return _on_data(p, hide)
+
+
+def frequent_token_missing_from_train(p):
+    counts = torch.bincount(p.data.val.images.flatten(), minlength=p.num_classes)
+    return train_without(p, int(counts[1:].argmax()) + 1)  # not id 0, which takes its place
 
 
 def val_is_train(p):
@@ -247,4 +261,6 @@ SEQUENCE_BUGS = (
     SequenceBug("test_copied_from_val", test_copied_from_val, "split_overlap", ("copied",)),
     SequenceBug("half_val_from_train", half_val_from_train, "split_overlap", ("share blocks",)),
     SequenceBug("val_is_train_names", val_is_train, "split_overlap", ("copied",), "names"),
+    SequenceBug("frequent_token_missing_from_train", frequent_token_missing_from_train, "unseen_tokens",
+                ("never occur in train",)),
 )
