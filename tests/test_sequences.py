@@ -190,3 +190,40 @@ def test_shared_checks_catch_bugs_on_token_batches(tmp_path):
     assert run_check(CHECKS["batch_independence"][1], pipeline, "skeleton").verdict is Verdict.PASS
     assert run_check(CHECKS["output_sanity"][1], pipeline, "skeleton").verdict is Verdict.PASS
     assert run_check(CHECKS["loss_at_init"][1], pipeline, "skeleton").verdict is Verdict.PASS
+
+
+class _PositionOnly(torch.nn.Module):
+    """A 'language model' whose forward never reads the token ids: a learned table per position."""
+
+    def __init__(self, vocab: int, block: int):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(block, vocab))
+
+    def forward(self, x):
+        return self.table[: x.shape[1]].expand(x.shape[0], -1, -1)
+
+
+class _DetachedEmbedding(torch.nn.Module):
+    """The ids are read, but only through an embedding that is zeroed: the context is multiplied away."""
+
+    def __init__(self, vocab: int, block: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, 32)
+        self.head = torch.nn.Linear(32, vocab)
+
+    def forward(self, x):
+        return self.head(self.embed(x) * 0.0)
+
+
+@pytest.mark.slow  # two short runs of a tiny model on names: ~3 s
+@pytest.mark.parametrize("model", [_PositionOnly, _DetachedEmbedding], ids=["position-only", "context-zeroed"])
+def test_a_model_that_never_reads_its_tokens_fails_the_input_independent_baseline(model):
+    import dataclasses
+
+    from checks.baselines.baseline_checks import input_independent_baseline
+    data = load_source("names")
+    clean = gpt_pipeline(TrainConfig(), data)
+    block = data.train.images.shape[1]
+    blind = dataclasses.replace(clean, make_model=lambda: model(data.num_classes, block))
+    result = input_independent_baseline(blind)
+    assert result.verdict is Verdict.FAIL, result.message  # the clean GPT PASSes it in the whole-preflight test

@@ -32,6 +32,9 @@ def _loss_jumped(losses: list[float]) -> bool:
     return not math.isfinite(peak) or peak > 2 * abs(losses[0])
 
 
+TOKEN_MIN_LOSS_SHARE = 0.1  # token sequences: real context must cut the zero-input (unigram) loss by a tenth
+
+
 @applies_to("image", "features", "tokens")
 def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_zero_gain: float = 0.15,
                                min_z: float = 3.0, min_loss_share: float = 0.02) -> CheckResult:
@@ -83,6 +86,16 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
         most_share = (saved.mean().item() + min_z * error) / max(zero_loss, 1e-12)  # what chance leaves possible
         details.update({"gain_z": z, "val_examples": examples, "loss_gain_z": loss_z, "loss_gain_share": loss_share,
                         "loss_gain_share_upper": most_share})
+        if pipeline.kind == "tokens" and loss_z >= min_z and loss_share >= TOKEN_MIN_LOSS_SHARE:
+            # Next-token accuracy is a poor yardstick: most characters stay ambiguous whatever the context, so a
+            # model that learns well gains +0.08 where a digit classifier gains +0.5. What the context buys is
+            # nats: the zero-input model is the unigram, and beating it by a tenth of its loss is learning.
+            return CheckResult("input_independent_baseline", STAGE, Verdict.PASS, loss_share, TOKEN_MIN_LOSS_SHARE,
+                               ">=", f"after {steps} steps real input tokens reach a val loss of {real_loss:.4f} nats per "
+                               f"token against {zero_loss:.4f} for zero inputs (the unigram a model without context "
+                               f"learns): {loss_share:.1%} lower, {loss_z:.1f} standard errors of the per-position "
+                               f"differences (accuracy {real_acc:.4f} vs {zero_acc:.4f}).", figures=[figure],
+                               details=details)
         if z >= min_z or (loss_z >= min_z and loss_share >= min_loss_share):
             evidence = (f"by {z:.1f} standard errors of accuracy" if z >= min_z else
                         f"in val cross-entropy by {loss_share:.1%} ({loss_z:.1f} standard errors of the per-example "
