@@ -3,6 +3,7 @@ pair's two versions really differ on one batch, and (slow) docs/realbugs.md stat
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -96,7 +97,8 @@ def test_the_page_lists_every_pair_with_consistent_numbers():
     assert figures[LABELS[1]] == (sum(false for _, false in table.values()), len(LM_BUGS))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 5-8 min on 2 cores: CI leaves it out to stay near 15 minutes (tests/seeds.py says why)
+@pytest.mark.skipif(os.environ.get("RECIPE_LM_TRACK") != "1", reason="the LM real-bug track: RECIPE_LM_TRACK=1 runs it")
 def test_the_measured_track_is_what_the_page_states(names_data):
     torch.set_num_threads(1)
     figures, table = page_track()
