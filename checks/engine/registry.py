@@ -16,6 +16,7 @@ from checks.data import shift_checks as shift
 from checks.skeleton import skeleton_checks as skeleton
 from checks.data import split_checks as splits
 from checks.baselines import sequence_baselines
+from checks.data import padding_data_checks as padding_data
 from checks.data import sequence_checks as sequence_data
 from checks.skeleton import padding_checks as padding
 from checks.skeleton import sequence_checks as sequence_skeleton
@@ -27,6 +28,7 @@ CHECKS_BY_STAGE = {
              data.normalisation_stats_source, data.input_normalisation, data.target_leak, labels.label_signal, labels.label_agreement,
              labels.label_noise, shift.split_shift,
              sequence_data.token_range, sequence_data.targets_shifted, sequence_data.split_overlap,
+             padding_data.undeclared_padding,
              sequence_data.unseen_tokens, sequence_data.unigram_bigram_baselines],
     "skeleton": [loop.fit_dry_run, schedule.lr_schedule, skeleton.determinism, loader.what_goes_into_the_net, loader.label_pairing,
                  loader.batch_sampling, augmentation.augmentation_consistency, skeleton.output_sanity,
