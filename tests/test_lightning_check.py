@@ -56,6 +56,12 @@ class SummedLoss(LitMNIST):
         return F.cross_entropy(self(x), y, reduction="sum")  # the zoo's loss_summed: B times the mean
 
 
+class SoftmaxInStep(LitMNIST):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(F.softmax(self(x), dim=1), y)  # probabilities into a loss that wants logits
+
+
 @pytest.fixture(scope="module")
 def digits():
     data = load_data("sample", download=False)
@@ -149,3 +155,10 @@ def test_a_loader_the_checks_cannot_read_stops_fit_in_one_line(digits):
                                                                                torch.stack([y for _, y in items])])
     with pytest.raises(LoaderError, match="collate_fn"):
         fit(LitMNIST(), (custom, val), RecipeCheck(report_dir=None, force=True))
+
+
+def test_a_softmax_inside_training_step_stops_fit_at_overfit_one_batch(digits):
+    with pytest.raises(PreflightFailed) as raised:
+        fit(SoftmaxInStep(), digits, RecipeCheck(report_dir=None, only=["overfit_one_batch"]))
+    assert raised.value.verdict.result("overfit_one_batch").verdict is Verdict.FAIL
+    assert "squashed scores" in str(raised.value)

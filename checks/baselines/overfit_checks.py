@@ -10,12 +10,29 @@ from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Figure, Verdict
 from checks.measure.reference_run import shared_per_pipeline
 from checks.measure.predictions import context_floor, context_width, scored
-from checks.measure.sampling import PlannedSchedule, first_batches, fresh_model, has_running_stats, loss_floor, output_family
+from checks.measure.sampling import (FAMILIES, PlannedSchedule, first_batches, fresh_model, has_running_stats, loss_floor,
+                                     output_family)
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects
 
 STAGE = "baselines"
+SATURATED = 1e-3  # nats a confident mistake may gain from a margin of 30 to 60 and still count as "no more"
+
+
+def _mistake_growth(pipeline: Pipeline, outputs_at_init: torch.Tensor, y: torch.Tensor) -> float:
+    """How much the pipeline's loss grows when a confident mistake becomes twice as confident: outputs
+    in the model's own family for scores that put a margin of 30, then 60, on a wrong class. A
+    cross-entropy grows by ~30 nats (label smoothing by ~27); one that reads squashed scores (a softmax
+    or sigmoid before it) has already saturated and grows by nothing."""
+    out = outputs_at_init.detach().float()
+    if out.dim() < 2 or tuple(out.shape[:-1]) != tuple(y.shape):
+        return math.inf
+    squash = FAMILIES[output_family(out)]
+    wrong = torch.nn.functional.one_hot((y.clamp(min=0) + 1) % out.shape[-1], out.shape[-1]).to(out)
+    with torch.no_grad():
+        at = [float(pipeline.loss_fn(squash(margin * wrong), y)) for margin in (30.0, 60.0)]
+    return at[1] - at[0] if all(map(math.isfinite, at)) else math.inf
 
 
 def _still_falling(excess: list[float], window: int, min_fall: float) -> bool:
@@ -147,6 +164,13 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
                     f"and through them this loss cannot go below {floor:.4f}, where on free logits it reaches "
                     f"{logits_floor:.4f}: a softmax sits before a loss that expects logits (cross_entropy applies "
                     "log_softmax itself). Remove the softmax from the model")
+    growth = _mistake_growth(pipeline, at_init, y) if floor > tolerance else math.inf
+    if growth < SATURATED:
+        return fail(growth, SATURATED, ">=", f"this loss cannot go below {floor:.4f} on the batch, and a confident "
+                    f"mistake costs it no more at a score margin of 60 than at 30 (+{growth:.2g} nats; a cross-entropy "
+                    "adds ~30): it reads squashed scores, not logits. A softmax or sigmoid applied before the "
+                    "cross-entropy (in the training step or a loss wrapper; cross_entropy applies log_softmax "
+                    "itself), so the gradient vanishes on the examples that need it most. Pass the raw logits")
     if not math.isfinite(final) or final > threshold:
         if not math.isfinite(final) or final > 2 * first:
             cause = (f"the loss diverged ({first:.3f} -> {final:.3g}): learning rate too high, or the loss has the "
