@@ -1,2 +1,3 @@
-"""Entry points for code that already trains: a plain PyTorch loop (loop.py) and a Lightning
-Trainer callback (lightning.py, which imports lightning only when used)."""
+"""Entry points for code that already trains: a plain PyTorch loop (loop.py), a Lightning
+Trainer callback (lightning.py) and a Hugging Face Trainer callback (huggingface.py); each imports its
+framework only when used."""

@@ -1,0 +1,94 @@
+"""RecipeTrainerCallback in a Hugging Face Trainer: a tiny GPT-2 built from a config (nothing downloaded) on the
+`names` ids, batches as Hugging Face writes them for a causal LM (input_ids, attention_mask, labels = input_ids
+with -100 on padding). Clean: the sequence checks run before the first step and training goes on. A planted
+bug (a custom attention mask that forgot causality) stops train() with causality's FAIL; force=True trains."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from checks.engine.result import Verdict  # noqa: E402
+from checks.integrations.huggingface import RecipeTrainerCallback  # noqa: E402
+from checks.integrations.loop import PreflightFailed  # noqa: E402
+from recipe.all_sources import load_source  # noqa: E402
+
+SEQUENCE_CHECKS = ("causality", "loss_at_init")
+
+
+class PeekingGPT2(transformers.GPT2LMHeadModel):
+    """A custom mask that forgot causality: every position sees the whole row (padding still masked)."""
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        if attention_mask is not None and attention_mask.dim() == 2:
+            keys = attention_mask.bool()[:, None, None, :]
+            attention_mask = keys.expand(-1, 1, input_ids.shape[1], -1)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+
+
+class StopAfterTwoSteps(transformers.TrainerCallback):
+    """The run is configured in full (3 epochs: the checks judge its length); the test trains 2 steps of it."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= 2
+
+
+@pytest.fixture(scope="module")
+def names():
+    data = load_source("names")
+
+    def rows(split, n):
+        ids = torch.cat([split.images[:n, :1], split.labels[:n]], dim=1)  # the full row: HF shifts in the model
+        mask = (ids != data.pad_id).long()
+        labels = ids.masked_fill(mask == 0, -100)
+        return [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(ids, mask, labels)]
+
+    return rows(data.train, 2048), rows(data.val, 128), data.num_classes, data.pad_id
+
+
+def train(model_class, names, tmp_path, callback):
+    train_rows, eval_rows, vocab, pad_id = names
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab, n_positions=64,
+                                     pad_token_id=pad_id)
+    model = model_class(config)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=3, learning_rate=3e-3,
+                                          per_device_train_batch_size=16, report_to=[], use_cpu=True,
+                                          save_strategy="no", disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=train_rows, callbacks=[callback, StopAfterTwoSteps()])
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.slow
+def test_the_clean_tiny_gpt2_passes_and_trains(names, tmp_path):
+    callback = RecipeTrainerCallback(eval_dataset=names[1])
+    trainer = train(transformers.GPT2LMHeadModel, names, tmp_path, callback)
+    verdict = callback.verdict
+    assert verdict is not None and verdict.passed, verdict.failure_line()
+    for name in SEQUENCE_CHECKS:
+        assert verdict.result(name).verdict in (Verdict.PASS, Verdict.NA), verdict.result(name).message
+    assert trainer.state.global_step == 2  # training went on after the preflight
+
+
+def test_a_non_causal_mask_stops_train_with_causality_fail(names, tmp_path):
+    with pytest.raises(PreflightFailed, match="causality") as caught:
+        train(PeekingGPT2, names, tmp_path, RecipeTrainerCallback(eval_dataset=names[1]))
+    assert caught.value.verdict.result("causality").verdict is Verdict.FAIL
+
+
+@pytest.mark.slow
+def test_force_trains_past_the_fail(names, tmp_path):
+    callback = RecipeTrainerCallback(force=True, eval_dataset=names[1])
+    trainer = train(PeekingGPT2, names, tmp_path, callback)
+    assert not callback.verdict.passed and trainer.state.global_step == 2
+
+
+def test_labels_that_count_padding_stop_train_with_undeclared_padding(names, tmp_path):
+    """labels = input_ids with the padding left in (no -100): the Trainer's loss trains on padding as text."""
+    counted = [dict(row, labels=row["input_ids"].clone()) for row in names[0]]
+    with pytest.raises(PreflightFailed, match="undeclared_padding") as caught:
+        train(transformers.GPT2LMHeadModel, (counted, *names[1:]), tmp_path,
+              RecipeTrainerCallback(eval_dataset=names[1]))
+    assert caught.value.verdict.result("undeclared_padding").verdict is Verdict.FAIL
