@@ -2,6 +2,8 @@
 differ, and (slow) the measured recall and false-FAIL rate are the ones docs/realbugs.md states."""
 from __future__ import annotations
 
+import os
+
 import inspect
 import math
 import re
@@ -129,7 +131,9 @@ def test_the_track_page_lists_every_pair_and_consistent_numbers():
     assert figures["false_fail"] == (sum(false for _, false in table.values()), len(REAL_BUGS))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~7 min in one test on 2 cores: CI leaves it out to stay near its time budget
+@pytest.mark.skipif(os.environ.get("RECIPE_REALBUG_TRACK") != "1",
+                    reason="the image real-bug track against its page: RECIPE_REALBUG_TRACK=1 runs it")
 def test_the_measured_track_is_what_the_track_page_states(sample_data):
     torch.set_num_threads(1)
     figures, table = readme_track()
