@@ -31,9 +31,13 @@ def matrix(data_set: str):
 def assert_fails_no_check(name: str, seed: int, data) -> None:
     pipeline = VALID[name](TrainConfig(seed=seed), data)
     torch.manual_seed(seed)
-    results = run_all(pipeline, gate=False)
+    assert_nothing_blocks(run_all(pipeline, gate=False), f"{name} (seed {seed}, {data.source})")
+
+
+def assert_nothing_blocks(results, label: str) -> None:
+    """No FAIL or ERROR among `results`, and every shown number agrees with its verdict."""
     blocking = [f"{r.name}: {r.verdict.value}: {r.message}" for r in results if r.verdict.blocks]
-    assert not blocking, f"{name} (seed {seed}, {data.source}):\n" + "\n".join(blocking)
+    assert not blocking, f"{label}:\n" + "\n".join(blocking)
     assert not disagreements(results)
 
 

@@ -23,7 +23,7 @@ from recipe.language import TinyGPT
 from recipe.outputs import forward_logits
 from recipe.sequences import gpt_pipeline
 from tests.seeds import EVIDENCE_SEEDS
-from tests.test_verdicts import disagreements
+from tests.test_valid_configs import assert_nothing_blocks
 
 
 class RecurrentLM(nn.Module):
@@ -95,8 +95,6 @@ def test_a_valid_language_model_fails_no_check(names, name, seed):
     pipeline = VALID_LM[name](TrainConfig(seed=seed), names)
     torch.manual_seed(seed)
     results = run_all(pipeline, gate=False)
-    blocking = [f"{r.name}: {r.verdict.value}: {r.message}" for r in results if r.verdict.blocks]
-    assert not blocking, f"{name} (seed {seed}):\n" + "\n".join(blocking)
-    assert not disagreements(results)
+    assert_nothing_blocks(results, f"{name} (seed {seed})")
     ran = {r.name for r in results if r.verdict.value != "N/A"}
     assert {"causality", "loss_at_init", "overfit_one_batch", "beats_ngram_baselines"} <= ran
