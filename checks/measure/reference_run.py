@@ -109,9 +109,13 @@ class ModeWatch:
 
 
 def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False,
-                      watch: bool = False) -> TrainingRun:
+                      watch: bool = False, warmup: int = 0) -> TrainingRun:
     """Train a fresh model like `short_training`, for `steps` steps or fewer when the model costs more
-    FLOPs than a check may spend (`plan_steps`): the same number on any machine, under any load."""
+    FLOPs than a check may spend (`plan_steps`): the same number on any machine, under any load.
+
+    `warmup` > 0 scales every group's lr by (step + 1) / warmup over the first `warmup` steps, on top
+    of the user's own schedule (which still sets the lr each step): the witness run that tells a
+    start-up overshoot from an lr that is too high all along."""
     plan = plan_steps(pipeline, steps)
     model = fresh_model(pipeline)
     optimizer, scheduler = training_objects(pipeline, model)
@@ -145,7 +149,8 @@ def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = Fal
                 x = torch.zeros_like(batch.x) if zero_inputs else batch.x
                 if run.modes:
                     run.modes.before_step()
-                run.losses.append(float(take_step(pipeline, model, optimizer, x, batch.y)))
+                run.losses.append(float(_warmed_step(pipeline, model, optimizer, x, batch.y,
+                                                     (len(run.losses) + 1) / warmup if warmup else 1.0)))
                 if run.modes:
                     run.modes.after_step(len(run.losses))
                 schedule.after_step(len(run.losses))
@@ -160,6 +165,22 @@ def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = Fal
     if watch and run.taken[-1] != len(run.losses):
         snapshot()
     return run
+
+
+def _warmed_step(pipeline: Pipeline, model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor,
+                 factor: float) -> torch.Tensor:
+    """One step at `factor` (capped at 1) times the lrs the schedule set; the schedule's own lrs are
+    put back before it steps again, so a chained scheduler never sees the scaled value."""
+    if factor >= 1.0:
+        return take_step(pipeline, model, optimizer, x, y)
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
+    try:
+        return take_step(pipeline, model, optimizer, x, y)
+    finally:
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
 
 
 _LAST: list[tuple[weakref.ref, TrainingRun]] = []

@@ -1,0 +1,50 @@
+"""Jumps in a training loss, and the witness that tells a start-up overshoot from an lr too high.
+
+SGD at 0.1 without warm-up on a BatchNorm ResNet jumps in its first steps and then trains (the recipe
+many ResNet users copy); an lr 100x too high jumps the same way. Their loss curves cannot be told
+apart, so `training_loss_decreases` asks a witness: the same run with the lr ramped up over its first
+third (`budgeted_training(warmup=...)`), on top of the user's own schedule.
+"""
+from __future__ import annotations
+
+import math
+
+from checks.measure.predictions import label_counts
+from checks.measure.reference_run import budgeted_training
+from recipe.pipeline import Pipeline
+
+
+def peak_loss(losses: list[float]) -> float:
+    return max(losses, key=lambda v: v if math.isfinite(v) else math.inf)
+
+
+def loss_jumped(losses: list[float]) -> bool:
+    """The loss went to NaN/inf or above twice its first value: an lr that overshoots (the step, not the data)."""
+    peak = peak_loss(losses)
+    return not math.isfinite(peak) or peak > 2 * abs(losses[0])
+
+
+def prior_entropy(pipeline: Pipeline) -> float:
+    """Nats a model pays that always predicts the train label frequencies (for tokens, the unigram)."""
+    counts = label_counts(pipeline, "train").double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+WITNESS_MAX_RISE = 0.1        # a ramped run whose loss climbs a tenth of its first loss above its best overshoots
+WITNESS_MAX_END_SHARE = 0.5   # ...unless it ends at half the user's loss or less: the warm-up fixes what the jump cost
+
+
+def warmup_witness(pipeline: Pipeline, steps: int) -> tuple[int, list[float], float]:
+    """After a jump: the same run with the lr ramped up over its first third, and how far its loss ever
+    rose (the largest climb of a sixth of the run above the lowest sixth before it, as a share of the
+    first loss, so that noise near a loss of 0 is not a climb; inf for a jump or NaN). At most
+    WITNESS_MAX_RISE means the lr only overshoots at the start, as SGD at 0.1 does on a BatchNorm ResNet
+    without warm-up; an lr too high all along lifts the loss again as the ramp reaches it."""
+    warmup = max(1, steps // 3)
+    losses = budgeted_training(pipeline, steps, warmup=warmup).losses
+    n = len(losses)
+    sixths = [sum(losses[i * n // 6:(i + 1) * n // 6]) / max(1, (i + 1) * n // 6 - i * n // 6) for i in range(6)]
+    if n < 12 or loss_jumped(losses) or not all(map(math.isfinite, sixths)) or losses[0] == 0:
+        return warmup, losses, math.inf
+    return warmup, losses, max(sixths[i] - min(sixths[:i]) for i in range(1, 6)) / abs(losses[0])
