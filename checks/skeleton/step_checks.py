@@ -56,6 +56,7 @@ class Clip:
 class ClipWatch:
     """Wraps torch's clipping functions and the optimizer's step while the step runs (`watching`)."""
     call: int = 0
+    calls: int = 0   # step calls made (the watch stops early when a step plainly does not clip)
     clips: list[Clip] = field(default_factory=list)
     in_step: bool = False  # inside optimizer.step(): a closure (LBFGS) clipping there feeds this very update
     steps: list[tuple[int, float]] = field(default_factory=list)  # (call, gradient norm at optimizer.step())
@@ -113,6 +114,9 @@ def _watched_calls(pipeline: Pipeline, calls: int) -> ClipWatch:
         for call, batch in enumerate(batches):
             watch.call = call
             take_step(pipeline, model, optimizer, batch.x, batch.y)
+            watch.calls = call + 1
+            if len(watch.steps) >= 2 and not watch.clips:
+                break  # two optimizer steps and no clip: the step does not clip (a costly model's calls are dear)
     finally:
         for handle in handles:
             handle.remove()
@@ -135,7 +139,8 @@ def gradient_clipping(pipeline: Pipeline, calls: int = CLIP_CALLS) -> CheckResul
     watch = _watched_calls(pipeline, calls)
     if not watch.clips:
         return not_applicable("gradient_clipping", "skeleton", f"the step called neither clip_grad_norm_ nor "
-                              f"clip_grad_value_ (torch.nn.utils) in {calls} calls: it does not clip.")
+                              f"clip_grad_value_ (torch.nn.utils) in {watch.calls} calls with "
+                              f"{len(watch.steps)} optimizer steps: it does not clip.")
     stepping_calls = sorted({call for call, _ in watch.steps})
     if not stepping_calls:
         return not_applicable("gradient_clipping", "skeleton", f"the step clips, but called no optimizer.step() "
