@@ -108,6 +108,18 @@ def subprocess_env() -> dict[str, str]:
 PYTHON = sys.executable
 
 
+def interruptible_cli(args: list[str]) -> list[str]:
+    """The argv of a `python -m checks.cli ...` child that Ctrl-C (SIGINT) interrupts even when this
+    process was started with SIGINT ignored (a background job of a shell without job control, as CI
+    runs). The child restores the handler itself, after exec: Popen's preexec_fn would run Python code
+    between fork and exec in a multi-threaded pytest worker (execnet's and torch's threads), which the
+    subprocess docs warn may deadlock, and Popen waits for that exec without a timeout. The suspected
+    cause of the one CI run that hung in the Ctrl-C test (tests/test_cli_train.py)."""
+    restore = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "runpy.run_module('checks.cli', run_name='__main__', alter_sys=True)")
+    return [PYTHON, "-c", restore, *args]
+
+
 @pytest.fixture(scope="module")
 def linear(sample_data):
     """The clean default (linear) pipeline on the sample, default config."""

@@ -130,3 +130,12 @@ def test_no_import_cycles(graph):
 def test_the_zoo_is_test_material_not_in_the_checks_package():
     assert not list((REPO / "checks").rglob("*zoo*"))
     assert (REPO / "tests" / "zoo" / "catalogue.py").is_file()
+
+
+def test_no_child_is_started_with_a_preexec_fn():
+    """preexec_fn runs Python between fork and exec; in a multi-threaded process (a pytest-xdist worker, a
+    torch program) the subprocess docs warn it may deadlock, and Popen then waits for the exec forever.
+    Children that must take Ctrl-C restore SIGINT after exec (tests/conftest.py: interruptible_cli)."""
+    users = [str(path.relative_to(REPO)) for folder in ("recipe", "checks", "tests", "bench") for path in
+             (REPO / folder).rglob("*.py") if "preexec_fn=" in path.read_text() and path.name != "test_architecture.py"]
+    assert users == []

@@ -15,7 +15,7 @@ import torch
 from recipe import sources
 from checks.cli.main import main
 from recipe.train import CHECKPOINT_NAME, METRICS_NAME
-from tests.conftest import PYTHON, subprocess_env
+from tests.conftest import PYTHON, interruptible_cli, subprocess_env
 
 SAMPLE = ["--data", "sample", "--no-download"]
 CONFIG = ["--schedule", "constant", "--seed", "3"]  # every train run here shares one preflight fingerprint
@@ -159,12 +159,8 @@ def test_ctrl_c_keeps_checkpoint_and_resume_is_bit_identical(gated_run, tmp_path
     interrupted = tmp_path / "interrupted"
     env = subprocess_env()  # same thread count as this process, so the same float reductions
 
-    def default_sigint():  # a shell without job control starts background jobs with SIGINT ignored
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    child = subprocess.Popen([PYTHON, "-m", "checks.cli", "train", *common, "--epochs", "100000",
-                              "--out", str(interrupted)], cwd=tmp_path, env=env, preexec_fn=default_sigint,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(interruptible_cli(["train", *common, "--epochs", "100000", "--out", str(interrupted)]),
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     writing = tmp_path / f".{interrupted.name}.partial"  # the run stays hidden until its report is complete
     try:
         deadline = time.monotonic() + 180

@@ -16,7 +16,7 @@ from checks.engine.registry import CHECKS
 from checks.cli.main import main
 from recipe.errors import RecipeError
 from recipe.runs import LATEST, finish_before_ctrl_c, resume_folder, run_dirs, run_folder
-from tests.conftest import PYTHON, subprocess_env
+from tests.conftest import interruptible_cli, subprocess_env
 
 SAMPLE = ["--data", "sample", "--no-download"]
 
@@ -131,13 +131,9 @@ def test_out_that_already_holds_a_run_is_refused_before_any_work(tmp_path, capsy
     assert (taken / "results.json").read_text() == "{}"
 
 
-def _default_sigint():  # a shell without job control starts background jobs with SIGINT ignored
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "-m", "checks.cli", *args], cwd=cwd, env=subprocess_env(),
-                            preexec_fn=_default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(interruptible_cli(args), cwd=cwd, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(condition, child: subprocess.Popen, what: str, timeout_s: float = 240) -> None:
