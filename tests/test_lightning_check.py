@@ -62,6 +62,52 @@ class SoftmaxInStep(LitMNIST):
         return F.cross_entropy(F.softmax(self(x), dim=1), y)  # probabilities into a loss that wants logits
 
 
+class ManualMNIST(LitMNIST):
+    """Manual optimisation, as Lightning's docs write it: the step zeroes, backpropagates, clips and steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+        opt.step()
+        self.log("train_loss", loss)
+
+
+class ManualWithoutZeroGrad(ManualMNIST):
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.manual_backward(loss)  # the zoo's no_zero_grad: gradients pile up across steps
+        opt.step()
+
+
+class ManualNegated(ManualMNIST):
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        opt.zero_grad()
+        self.manual_backward(-F.cross_entropy(self(x), y))  # the zoo's negated_loss
+        opt.step()
+
+
+class ManualClipAfterStep(ManualMNIST):
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        opt.zero_grad()
+        self.manual_backward(F.cross_entropy(self(x), y))
+        opt.step()
+        self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")  # clips what was used
+
+
 @pytest.fixture(scope="module")
 def digits():
     data = load_data("sample", download=False)
@@ -162,3 +208,24 @@ def test_a_softmax_inside_training_step_stops_fit_at_overfit_one_batch(digits):
         fit(SoftmaxInStep(), digits, RecipeCheck(report_dir=None, only=["overfit_one_batch"]))
     assert raised.value.verdict.result("overfit_one_batch").verdict is Verdict.FAIL
     assert "squashed scores" in str(raised.value)
+
+
+@pytest.mark.slow
+def test_manual_optimisation_gets_the_preflight_and_fit_goes_on(digits, tmp_path):
+    callback = RecipeCheck(report_dir=tmp_path)
+    trainer = fit(ManualMNIST(), digits, callback)
+    assert callback.verdict.passed, callback.verdict.failure_line()
+    assert callback.verdict.result("gradient_clipping").verdict is Verdict.PASS  # self.clip_gradients was seen
+    assert trainer.global_step == 5
+
+
+@pytest.mark.parametrize("module_class, check, words", [
+    (ManualWithoutZeroGrad, "gradient_flow", "zero_grad"),
+    (ManualNegated, "loss_at_init", "wrong sign"),
+    (ManualClipAfterStep, "gradient_clipping", "after"),
+])
+def test_a_zoo_bug_in_a_manual_step_stops_fit_with_that_checks_fail(digits, module_class, check, words):
+    with pytest.raises(PreflightFailed) as raised:
+        fit(module_class(), digits, RecipeCheck(report_dir=None, only=[check]))
+    assert raised.value.verdict.result(check).verdict is Verdict.FAIL
+    assert f"/{check} FAIL" in str(raised.value) and words in str(raised.value)

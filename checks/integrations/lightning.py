@@ -8,7 +8,9 @@ At `on_train_start` (the loaders are set up, no optimizer step has run) it build
 the run, asking nothing of the user's code:
 - the model: a deepcopy of the LightningModule as it is then, one fresh copy per check;
 - the step: `training_step((x, y), batch_idx)` for the loss, then zero_grad / backward / step, as
-  automatic optimisation does (a module with `automatic_optimization = False` is refused in one line);
+  automatic optimisation does; with `automatic_optimization = False`, training_step itself, its
+  `self.optimizers()`, `self.lr_schedulers()`, `self.manual_backward` and `self.clip_gradients` given
+  the check's own optimizer and scheduler (`_driven`), and the loss it backpropagates as the step's loss;
 - the loss the checks score outputs with: `training_step` itself, run on given outputs (it calls
   `self(x)`, which returns them); where that cannot be done, `loss_fn` (default F.cross_entropy);
 - the optimizer and LR scheduler (with its interval) from `configure_optimizers`;
@@ -19,6 +21,7 @@ trains anyway. Under DDP the preflight runs on global rank 0 only: see `_verdict
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 import weakref
@@ -87,9 +90,7 @@ def _verdict_for_every_rank(trainer, summary) -> tuple[bool, str, bool]:
 def lightning_pipeline(trainer, module, loss_fn: Callable | None = None, seed: int = 0,
                        check_steps: int = 0) -> Pipeline:
     """The Pipeline view of a Trainer about to fit `module` (see the module docstring)."""
-    if not module.automatic_optimization:
-        raise RecipeError("RecipeCheck reads automatic optimisation (training_step returns the loss); this module "
-                          "sets automatic_optimization = False, so its step cannot be driven from outside")
+    manual = not module.automatic_optimization
     train_loader, val_loaders = trainer.train_dataloader, trainer.val_dataloaders
     if isinstance(val_loaders, (list, tuple)):
         val_loaders = val_loaders[0] if val_loaders else None
@@ -101,10 +102,11 @@ def lightning_pipeline(trainer, module, loss_fn: Callable | None = None, seed: i
     made = _Made(template)
     config = TrainConfig(epochs=max(trainer.max_epochs or 1, 1), batch_size=view.batch_size, seed=seed,
                          check_steps=check_steps)
+    # Manual optimisation steps its scheduler itself (Lightning leaves that to training_step): no PlannedSchedule.
     return Pipeline(name=type(module).__name__, data=view.data, norm=view.norm, batches=view.batches,
-                    make_model=made.model, loss_fn=loss_fn or _loss_from_training_step(template, view),
-                    make_optimizer=made.optimizer, train_step=lightning_step, config=config,
-                    make_scheduler=made.scheduler if made.interval else None,
+                    make_model=made.model, loss_fn=loss_fn or _loss_from_training_step(template, view, manual),
+                    make_optimizer=made.optimizer, train_step=_manual_step(made) if manual else lightning_step,
+                    config=config, make_scheduler=made.scheduler if made.interval and not manual else None,
                     scheduler_interval=made.interval or "step", derived_from=config)
 
 
@@ -115,6 +117,58 @@ def lightning_step(model, optimizer, loss_fn, x, y):
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def _manual_step(made: "_Made"):
+    """Manual optimisation: training_step runs the whole step with the check's optimizer and scheduler."""
+    def manual_step(model, optimizer, loss_fn, x, y):
+        with _driven(model, optimizer, made.schedulers.get(id(optimizer)), backward=True) as losses:
+            output = model.training_step([x, y], 0)
+        return (losses[-1] if losses else _loss_of(output)).detach()
+    return manual_step
+
+
+class _NoStep:
+    """The optimizer training_step is given while only its loss is read: nothing is zeroed or stepped."""
+    param_groups: list = []
+
+    def zero_grad(self, *args, **kwargs) -> None:
+        pass
+
+    def step(self, *args, **kwargs) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _driven(module, optimizer, scheduler, backward: bool):
+    """Lightning's manual-optimisation API on a module outside a Trainer: self.optimizers() is `optimizer`,
+    self.lr_schedulers() `scheduler`, self.manual_backward(loss) loss.backward() (nothing when only the
+    loss is read), self.clip_gradients torch's own clipping (which gradient_clipping watches). Yields the
+    losses handed to manual_backward."""
+    losses: list[torch.Tensor] = []
+
+    def manual_backward(loss, *args, **kwargs):
+        losses.append(loss)
+        if backward:
+            loss.backward(*args, **kwargs)
+
+    def clip_gradients(opt, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if gradient_clip_val and backward:
+            params = [p for group in opt.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+    patched = {"optimizers": lambda use_pl_optimizer=True: optimizer, "lr_schedulers": lambda: scheduler,
+               "manual_backward": manual_backward, "clip_gradients": clip_gradients}
+    for name, function in patched.items():
+        object.__setattr__(module, name, function)  # instance attributes shadow the methods, on this copy only
+    try:
+        yield losses
+    finally:
+        for name in patched:
+            module.__dict__.pop(name, None)
 
 
 def _loss_of(output):
@@ -205,22 +259,29 @@ class _GivenOutputs(torch.nn.Module):
         return getattr(object.__getattribute__(self, "_module"), name)
 
 
-def _loss_from_training_step(template, view) -> Callable:
+def _loss_from_training_step(template, view, manual: bool = False) -> Callable:
     """loss_fn(outputs, y) = what training_step computes from those outputs, so a loss written inside
     training_step (a sum, a sign, a softmax before cross_entropy) is the loss every check scores. Tried
     once on a val batch against training_step itself: a step that does not reach the model through
     `self(x)` gets F.cross_entropy instead (pass RecipeCheck(loss_fn=...) for another), with a warning."""
     step = type(template).training_step
 
+    def read(module, call):
+        if not manual:
+            return _loss_of(call())
+        with _driven(module, _NoStep(), None, backward=False) as losses:
+            output = call()
+        return losses[-1] if losses else _loss_of(output)
+
     def from_step(outputs, y):
-        return _loss_of(step(_GivenOutputs(template, outputs), [outputs, y], 0))
+        return read(template, lambda: step(_GivenOutputs(template, outputs), [outputs, y], 0))
 
     batch = next(view.batches("val"))
     model = copy.deepcopy(template).eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*self.log.*")
-            direct = _loss_of(model.training_step([batch.x, batch.y], 0))
+            direct = read(model, lambda: model.training_step([batch.x, batch.y], 0))
             agree = torch.allclose(from_step(model(batch.x), batch.y), direct, rtol=1e-4, atol=1e-6)
     except Exception:  # the step reads the model some other way (self.net(x), a dict batch)
         agree = False
