@@ -92,3 +92,33 @@ def test_labels_that_count_padding_stop_train_with_undeclared_padding(names, tmp
         train(transformers.GPT2LMHeadModel, (counted, *names[1:]), tmp_path,
               RecipeTrainerCallback(eval_dataset=names[1]))
     assert caught.value.verdict.result("undeclared_padding").verdict is Verdict.FAIL
+
+
+def test_the_usage_example_runs_as_pasted(names, tmp_path, monkeypatch):
+    """docs/usage.md's Hugging Face snippet, exec'd as written with a tiny GPT-2, its TrainingArguments and
+    the names rows in scope; the run stopped after 2 steps and one check instead of all, so it stays fast."""
+    import re
+    from pathlib import Path
+
+    import checks.integrations.huggingface as huggingface
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page.split("\n## Hugging Face Trainer", 1)[1], re.S).group(1)
+    run = huggingface.run_preflight_on
+    monkeypatch.setattr(huggingface, "run_preflight_on", lambda *a, **k: run(*a, **{**k, "only": ["causality"]}))
+    monkeypatch.chdir(tmp_path)
+    train_rows, eval_rows, vocab, pad_id = names
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab,
+                                                                 n_positions=64, pad_token_id=pad_id))
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=3, learning_rate=3e-3,
+                                          per_device_train_batch_size=16, report_to=[], use_cpu=True,
+                                          save_strategy="no", disable_tqdm=True)
+
+    def Trainer(callbacks, **kwargs):  # the user's Trainer, stopped after 2 steps by the test
+        return transformers.Trainer(callbacks=[*callbacks, StopAfterTwoSteps()], **kwargs)
+
+    scope = {"Trainer": Trainer, "model": model, "args": args, "train": train_rows, "held_out": eval_rows}
+    exec(compile(code, "usage.md", "exec"), scope)
+    assert scope["trainer"].state.global_step == 2  # the preflight passed and training went on
+    assert list((tmp_path / "reports").glob("*/index.html"))  # report_dir="reports" as pasted
