@@ -10,6 +10,7 @@ or the user's run was left guessing the label frequencies (a dead net): FAIL.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -109,3 +110,28 @@ def test_the_witness_ramps_the_lr_over_the_schedule_and_restores_it(sample_data)
                                    make_optimizer=lambda params: optim.SGD(params, lr=0.05))
     budgeted_training(pipeline, 12, warmup=4)
     assert seen == pytest.approx([0.05 * k / 4 for k in (1, 2, 3)] + [0.05] * 9)
+
+
+def test_an_optimizer_without_an_lr_runs_the_witness_unramped(sample_data):
+    """A group whose lr is None (Adafactor's relative steps) is left as it is: no ERROR, and no ramp."""
+    from checks.measure.reference_run import budgeted_training
+
+    class NoLr(torch.optim.SGD):
+        def __init__(self, params):
+            super().__init__(params, lr=0.05)
+            for group in self.param_groups:
+                group["fixed_lr"], group["lr"] = group["lr"], None
+
+        def step(self, closure=None):
+            for group in self.param_groups:
+                group["lr"] = group["fixed_lr"]
+            try:
+                return super().step(closure)
+            finally:
+                for group in self.param_groups:
+                    group["lr"] = None
+
+    base = default_pipeline(TrainConfig(seed=0, schedule="constant"), sample_data)
+    pipeline = dataclasses.replace(base, make_scheduler=None, make_optimizer=NoLr)
+    run = budgeted_training(pipeline, 6, warmup=3)
+    assert len(run.losses) == 6 and all(map(math.isfinite, run.losses))

@@ -173,14 +173,16 @@ def _warmed_step(pipeline: Pipeline, model: nn.Module, optimizer, x: torch.Tenso
     put back before it steps again, so a chained scheduler never sees the scaled value."""
     if factor >= 1.0:
         return take_step(pipeline, model, optimizer, x, y)
-    scheduled = [group["lr"] for group in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["lr"] = group["lr"] * factor
+    scheduled = [group.get("lr") for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        if isinstance(lr, (int, float, torch.Tensor)) and not isinstance(lr, bool):  # an optimizer without an lr
+            group["lr"] = lr * factor                                                 # (lr=None) runs unramped
     try:
         return take_step(pipeline, model, optimizer, x, y)
     finally:
         for group, lr in zip(optimizer.param_groups, scheduled):
-            group["lr"] = lr
+            if "lr" in group:
+                group["lr"] = lr
 
 
 _LAST: list[tuple[weakref.ref, TrainingRun]] = []
