@@ -353,3 +353,30 @@ def test_activations_the_real_inputs_never_reach_are_named_apart_from_missing_on
     assert "no unit changes side" in result.message and "activation is missing" not in result.message
     missing = effective_linearity(_with_model(mlp, TwoLinears))
     assert "activation is missing" in missing.message and "no unit changes side" not in missing.message
+
+
+class DeepBatchNormGELU(nn.Module):
+    """Eight Linear-BatchNorm-GELU blocks with a small init: at init in eval mode BatchNorm's running
+    statistics (mean 0, variance 1) normalise nothing, so the activations shrink ~25x a block to where GELU
+    is affine, as mobilenet_v3_small's Hardswish did (its features.12 -> classifier chain read 3.7e-9)."""
+
+    def __init__(self, classes: int, size: int, activation=nn.GELU):
+        super().__init__()
+        layers = [nn.Flatten(), nn.Linear(size, 64)]
+        for _ in range(8):
+            linear = nn.Linear(64, 64)
+            nn.init.normal_(linear.weight, std=0.005)
+            layers += [nn.BatchNorm1d(64), activation(), linear]
+        self.net = nn.Sequential(*layers, nn.BatchNorm1d(64), activation(), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_batchnorm_statistics_are_measured_before_the_test(mlp):
+    """The test runs in eval mode on running statistics measured on train batches: the deep BN + GELU net
+    passes; the same net with its activations removed still FAILs."""
+    clean = effective_linearity(_with_model(mlp, DeepBatchNormGELU))
+    assert clean.verdict is Verdict.PASS, clean.message
+    removed = effective_linearity(_with_model(mlp, lambda c, s: DeepBatchNormGELU(c, s, activation=nn.Identity)))
+    assert removed.verdict is Verdict.FAIL and "activation" in removed.message.lower(), removed.message
