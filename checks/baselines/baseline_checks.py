@@ -11,6 +11,7 @@ from checks.baselines.loss_jumps import (WITNESS_MAX_END_SHARE, WITNESS_MAX_RISE
                                          prior_entropy, warmup_witness)
 from checks.measure.reference_run import budgeted_training, reference_run
 from checks.engine.result import CheckResult, Figure, Verdict
+from checks.measure.batchnorm import judged_copy
 from checks.measure.predictions import label_counts, row_names
 from checks.measure.sampling import per_example
 from recipe.pipeline import Pipeline
@@ -46,8 +47,11 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
     steps = reference.steps
     real_model = reference.model
     zero_model = budgeted_training(pipeline, steps, zero_inputs=True).model
-    real_right, real_losses = per_example(pipeline, real_model, "val")
-    zero_right, zero_losses = per_example(pipeline, zero_model, "val", zero_inputs=True)
+    # BatchNorm models are judged on running statistics measured on train batches (checks/measure/batchnorm.py):
+    # a small momentum leaves them lagging the weights, and eval mode then scores a model that learned at chance.
+    real_right, real_losses = per_example(pipeline, judged_copy(real_model, pipeline), "val")
+    zero_right, zero_losses = per_example(pipeline, judged_copy(zero_model, pipeline, zero_inputs=True), "val",
+                                          zero_inputs=True)
     real_acc, zero_acc = real_right.double().mean().item(), zero_right.double().mean().item()
     real_loss, zero_loss = real_losses.mean().item(), zero_losses.mean().item()
     counts = label_counts(pipeline, "val")  # token sequences: how often each id is a (non-pad) target

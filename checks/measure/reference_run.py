@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from checks.measure.batchnorm import judged_copy
 from checks.measure.predictions import true_class_probability
 from checks.measure.sampling import PlannedSchedule, behaves_differently_in_eval, first_batches, fresh_model, generator
 from checks.measure.step_budget import StepPlan, plan_steps
@@ -127,10 +128,11 @@ def budgeted_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = Fal
     limit, epoch = plan.steps, 0
 
     def snapshot() -> None:
+        judged = judged_copy(model, pipeline)  # BatchNorm statistics measured on train batches: see batchnorm.py
         modes = [(module, module.training) for module in model.modules()]
-        model.eval()
+        judged.eval()
         with torch.no_grad():  # (B,): for token sequences the mean over each one's scored positions
-            probabilities = true_class_probability(forward_logits(model, watched_x), run.watched_labels,
+            probabilities = true_class_probability(forward_logits(judged, watched_x), run.watched_labels,
                                                    pipeline.data.pad_id)
         for module, training in modes:  # each module as the step left it: model.train() would hide one left in eval
             module.training = training

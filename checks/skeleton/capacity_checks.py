@@ -27,6 +27,7 @@ from torch import nn
 
 from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Verdict, not_applicable
+from checks.measure.batchnorm import with_data_statistics
 from checks.measure.sampling import first_batches, fresh_model, output_family
 from recipe.outputs import forward_logits
 
@@ -112,7 +113,7 @@ def effective_linearity(pipeline, n_pairs: int = 16, max_chains: int = 64, toler
     far too small). N/A for a model with one weight layer (a linear classifier by design), or whose
     eval outputs do not vary or repeat.
     """
-    model = _with_data_statistics(fresh_model(pipeline), pipeline).eval()
+    model = with_data_statistics(fresh_model(pipeline), pipeline).eval()  # see checks/measure/batchnorm.py
     x = first_batches(pipeline, "val", 1, shuffle=True)[0].x
     if len(x) < 2:
         return not_applicable("effective_linearity", STAGE, "needs at least two val examples")
@@ -187,32 +188,6 @@ def effective_linearity(pipeline, n_pairs: int = 16, max_chains: int = 64, toler
     return CheckResult("effective_linearity", STAGE, Verdict.PASS, smallest, tolerance, ">", (
         f"{said}, and each of the {len(tested)} chains of one weight layer feeding the next is non-linear "
         f"({len(called)} weight layers run)."), details=details)
-
-
-CALIBRATION_BATCHES = 4  # train batches a fresh BatchNorm model's running statistics are measured on
-
-
-@torch.no_grad()
-def _with_data_statistics(model: nn.Module, pipeline) -> nn.Module:
-    """A fresh model's BatchNorm running statistics measured on train batches, as training would leave them.
-
-    At init they are mean 0, variance 1, so in eval mode BatchNorm normalises nothing: a deep net such as
-    mobilenet_v3_small shrinks its activations layer by layer to ~1e-8, where a smooth activation
-    (Hardswish, GELU, SiLU) is affine, and chains read as missing their activation. In train mode the
-    normalisation keeps them at unit scale, so the eval-mode test runs on the statistics of the data."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return model
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the calibration batches
-    model.train()
-    for batch in first_batches(pipeline, "train", CALIBRATION_BATCHES):
-        forward_logits(model, batch.x)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    return model
 
 
 def _missing(on_random: float) -> str:
