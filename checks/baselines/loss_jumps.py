@@ -47,4 +47,4 @@ def warmup_witness(pipeline: Pipeline, steps: int) -> tuple[int, list[float], fl
     sixths = [sum(losses[i * n // 6:(i + 1) * n // 6]) / max(1, (i + 1) * n // 6 - i * n // 6) for i in range(6)]
     if n < 12 or loss_jumped(losses) or not all(map(math.isfinite, sixths)) or losses[0] == 0:
         return warmup, losses, math.inf
-    return warmup, losses, max(sixths[i] - min(sixths[:i]) for i in range(1, 6)) / abs(losses[0])
+    return warmup, losses, max(0.0, *(sixths[i] - min(sixths[:i]) for i in range(1, 6))) / abs(losses[0])  # 0: never rose
