@@ -108,6 +108,18 @@ def subprocess_env() -> dict[str, str]:
 PYTHON = sys.executable
 
 
+def lr_watching_step(seen: list[float]):
+    """A user's plain train step that notes the lr of the first param group each time it runs."""
+    def step(model, optimizer, loss_fn, x, y):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    return step
+
+
 def interruptible_cli(args: list[str]) -> list[str]:
     """The argv of a `python -m checks.cli ...` child that Ctrl-C (SIGINT) interrupts even when this
     process was started with SIGINT ignored (a background job of a shell without job control, as CI

@@ -22,6 +22,7 @@ from recipe.config import TrainConfig
 from recipe.errors import RecipeError
 from recipe.pipeline import default_pipeline
 from recipe.train import fit
+from tests.conftest import lr_watching_step
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES_NET = REPO / "tests" / "pipelines" / "pytorch_examples_mnist.py"
@@ -114,14 +115,7 @@ def test_pytorch_examples_net_trains_with_its_own_adadelta_and_steplr(tmp_path, 
 
 def test_a_users_sgd_trains_at_its_own_lr(sample_data):
     seen = []
-
-    def step(model, optimizer, loss_fn, x, y):  # the user's step, watching the lr it trains with
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    step = lr_watching_step(seen)  # the user's step, watching the lr it trains with
 
     config = TrainConfig(epochs=2, lr=0.001)  # the config's lr must not leak into the user's optimizer
     pipeline = dataclasses.replace(default_pipeline(config, sample_data), train_step=step, make_scheduler=None,

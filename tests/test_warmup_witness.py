@@ -21,6 +21,7 @@ from checks.baselines.loss_jumps import WITNESS_MAX_END_SHARE, WITNESS_MAX_RISE
 from checks.engine.result import Verdict
 from recipe.config import TrainConfig
 from recipe.pipeline import default_pipeline, mlp_pipeline
+from tests.conftest import lr_watching_step
 from tests.pipelines.real_models import _user_pipeline
 from tests.zoo.bugs import _with_lr
 
@@ -96,14 +97,7 @@ def test_the_witness_ramps_the_lr_over_the_schedule_and_restores_it(sample_data)
     steps again: a chained scheduler (CosineAnnealingLR reads group['lr']) never sees the scaled value."""
     from checks.measure.reference_run import budgeted_training
     seen = []
-
-    def step(model, optimizer, loss_fn, x, y):
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    step = lr_watching_step(seen)  # the user's step, watching the lr it trains with
 
     base = default_pipeline(TrainConfig(seed=0, schedule="constant"), sample_data)
     pipeline = dataclasses.replace(base, train_step=step, make_scheduler=None,
