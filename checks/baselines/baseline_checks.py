@@ -195,11 +195,13 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     if last < 0:
         why = "the loss went negative: it has the wrong sign"
     elif recovered:
+        rise = details["warmup_witness_rise"]
+        climbed = ("jumped again" if not math.isfinite(rise) else
+                   f"still climbed back ({rise:.0%} of its first loss above its best, limit {WITNESS_MAX_RISE:.0%})")
         why = (f"the loss jumped from {losses[0]:.4f} at the first step to {peak:.4g}, more than twice its start, and "
-               f"with the lr ramped up over the first {details['warmup_witness_steps']} steps the loss still climbed "
-               f"back ({details['warmup_witness_rise']:.0%} of its first loss above its best, limit "
-               f"{WITNESS_MAX_RISE:.0%}) and ended at {details['warmup_witness_last_window']:.4f}, not half of "
-               f"{last:.4f}: the learning rate is too high, not just at the start")
+               f"with the lr ramped up over the first {details['warmup_witness_steps']} steps the loss {climbed} and "
+               f"ended at {details['warmup_witness_last_window']:.4f}, not half of {last:.4f}: the learning rate is "
+               "too high, not just at the start")
     elif jumped:
         why = (f"the loss jumped from {losses[0]:.4f} at the first step to {peak:.4g}, more than twice its start, and "
                f"ended at {last:.4f}, not under {came_back_below:.4f} (what guessing the label frequencies costs, less "
@@ -227,13 +229,13 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     if verdict is Verdict.PASS:
         message = f"{summary}: -{drop:.0%} (need -{min_drop:.0%}), never above twice the first loss."
     elif verdict is Verdict.WARN and jumped:
-        ramped = (f"never jumped and never climbed back (at most {value:.0%} of its first loss above its best so far, "
-                  f"limit {WITNESS_MAX_RISE:.0%}), ending at {details['warmup_witness_last_window']:.4f}"
-                  if threshold == WITNESS_MAX_RISE else
-                  f"ended at {details['warmup_witness_last_window']:.4f}, {value:.0%} of the loss without it (limit "
-                  f"{WITNESS_MAX_END_SHARE:.0%})")
+        witness_said = (f"never jumped and never climbed back (at most {value:.0%} of its first loss above its best "
+                        f"so far, limit {WITNESS_MAX_RISE:.0%}), ending at {details['warmup_witness_last_window']:.4f}"
+                        if threshold == WITNESS_MAX_RISE else
+                        f"ended at {details['warmup_witness_last_window']:.4f}, {value:.0%} of the loss without it "
+                        f"(limit {WITNESS_MAX_END_SHARE:.0%})")
         message = (f"{summary}, but it jumped from {losses[0]:.4f} to {peak:.4g} in the first steps. The same run with "
-                   f"the lr ramped up over its first {details['warmup_witness_steps']} steps {ramped}: the lr "
+                   f"the lr ramped up over its first {details['warmup_witness_steps']} steps {witness_said}: the lr "
                    "overshoots at the start and trains once past it (common for SGD at 0.1 on BatchNorm nets without "
                    "warm-up). Not broken; a warm-up tames the start.")
     elif verdict is Verdict.WARN:
