@@ -65,6 +65,8 @@ class DataBundle:
     # tokens only: ids -> text, to show inputs and samples; class_names is then the vocabulary (V = num_classes)
     decode: Callable[[Sequence[int]], str] | None = None
     pad_id: int | None = None  # tokens only: the id that marks padding (no loss on it, never attended to)
+    # (split, kind) for each split read once through the user's loader, not by index (recipe/read_once.py)
+    read_once: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -20,7 +20,7 @@ given, with identity stats (what the net sees is what the dataset yields). Token
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -28,16 +28,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from recipe.data import SPLIT_SEED, Batch, DataBundle, NormStats, TensorBatches, stratified_holdout
 from recipe.datasets import IMAGE_KEYS, LABEL_KEYS, bundle_from_datasets
-from recipe.errors import DataError
 from recipe.features import IDENTITY_RANGE, FeatureBatches
+from recipe.read_once import LoaderError, ReadOnce, read_each_once, read_through_loader  # noqa: F401 (LoaderError: users catch it here)
 from recipe.sequences import TokenBatches
 from recipe.token_datasets import bundle_from_token_ids
 
 SPLITS = ("train", "val", "test")
-
-
-class LoaderError(DataError):
-    """A loader the checks cannot read example by example."""
 
 
 @dataclass(frozen=True)
@@ -57,19 +53,15 @@ def read_loaders(train_loader, val_loader, test_loader=None, *, class_names: Seq
     class; the tail for token ids) is held out as test, so no split is a copy of another."""
     loaders = {"train": train_loader, "val": val_loader, "test": test_loader}
     datasets = {name: _dataset(loader, name) for name, loader in loaders.items() if loader is not None}
-    batch_size = train_loader.batch_size
+    batch_size = train_loader.batch_size or getattr(datasets["train"], "batch_size", None)
     if batch_size is None:
         raise LoaderError("the train loader has no batch_size (a custom batch_sampler?): give it batch_size=N, "
                           "so the checks batch the way training does")
     sampler = train_loader.sampler  # under DDP a DistributedSampler, which shuffles when asked to
     shuffled = isinstance(sampler, RandomSampler) or (isinstance(sampler, DistributedSampler) and sampler.shuffle)
-    first = _pair(datasets["train"][0], "train", 0)
-    again = _pair(datasets["train"][0], "train", 0)[0]
-    if isinstance(first[0], torch.Tensor) and isinstance(again, torch.Tensor) and not torch.equal(first[0], again):
-        raise LoaderError("the train dataset gives a different x each time item 0 is read: its transform is random "
-                          "(augmentation). The checks read each example once; run them on the dataset without the "
-                          "random transforms")
     class_names = class_names or getattr(datasets["train"], "classes", None)
+    datasets = {name: _one_draw(ds, name) for name, ds in datasets.items()}
+    first = _pair(datasets["train"][0], "train", 0)
     if _is_ids(first[0]) or (first[1] is None and _is_ids(datasets["train"][0])):
         data = _token_bundle(datasets, vocab, decode, pad_id, device)
         inner = TokenBatches(data, batch_size)
@@ -82,7 +74,22 @@ def read_loaders(train_loader, val_loader, test_loader=None, *, class_names: Seq
         data, norm = _feature_bundle(cached, class_names, device) if features else \
             _image_bundle(cached, class_names, device)
         inner = FeatureBatches(data, norm, batch_size) if features else TensorBatches(data, norm, batch_size)
+    read = {name: ds for name, ds in datasets.items() if isinstance(ds, ReadOnce)}
+    if read:
+        data = replace(data, read_once=tuple((name, ds.kind) for name, ds in read.items()),
+                       reason=data.reason + "; " + "; ".join(f"{name}: {ds.note}" for name, ds in read.items()))
     return LoaderView(data, norm, LoaderBatches(inner, shuffled), batch_size, shuffled)
+
+
+def _one_draw(dataset, split: str):
+    """A dataset whose item 0 differs between two reads has a random transform: each item is then read
+    once, and the checks see that one draw (the model sees a new one every epoch)."""
+    if isinstance(dataset, ReadOnce):
+        return dataset
+    first, again = _pair(dataset[0], split, 0)[0], _pair(dataset[0], split, 0)[0]
+    if isinstance(first, torch.Tensor) and isinstance(again, torch.Tensor) and not torch.equal(first, again):
+        return read_each_once(dataset, split)
+    return dataset
 
 
 class LoaderBatches:
@@ -99,18 +106,16 @@ class LoaderBatches:
 
 
 def _dataset(loader, split: str):
+    """The loader's dataset, or what one pass through the loader gave where its items have no index
+    (a stream) or are not what the model gets (a collate_fn): recipe/read_once.py."""
     if not isinstance(loader, DataLoader):
-        raise LoaderError(f"the {split} loader is a {type(loader).__name__}: pass a torch.utils.data.DataLoader "
-                          "over a map-style Dataset, so each example can be traced back to its index")
+        raise LoaderError(f"the {split} loader is a {type(loader).__name__}: pass a torch.utils.data.DataLoader, "
+                          "so the checks batch the data the way training does")
     dataset = loader.dataset
     if isinstance(dataset, IterableDataset):
-        raise LoaderError(f"the {split} loader reads an IterableDataset ({type(dataset).__name__}): its examples have "
-                          "no index, so the checks cannot trace a batch back to its source; give a map-style Dataset "
-                          "(dataset[i] -> (x, y)) with a len()")
+        return read_through_loader(loader, split, "stream")
     if loader.collate_fn is not default_collate:
-        raise LoaderError(f"the {split} loader has its own collate_fn ({getattr(loader.collate_fn, '__name__', '?')}): "
-                          "the checks batch the dataset's items themselves and cannot see what it does; move that "
-                          "work into the dataset's __getitem__ (token ids of different lengths: pass pad_id instead)")
+        return read_through_loader(loader, split, "collate")
     try:
         n = len(dataset)
     except TypeError:
@@ -198,8 +203,6 @@ def _image_bundle(cached: dict, class_names, device) -> tuple[DataBundle, NormSt
 
 
 def _with_reason(data: DataBundle, low: torch.Tensor, high: torch.Tensor) -> DataBundle:
-    from dataclasses import replace
-
     if bool((low == 0).all() and (high == 1).all()):
         return replace(data, reason=data.reason + "; pixels as the loaders give them")
     spans = ", ".join(f"{a:.4g}..{b:.4g}" for a, b in zip(low.flatten().tolist(), high.flatten().tolist()))

@@ -1,7 +1,7 @@
 """check_loop on a plain PyTorch loop's own objects: pytorch/examples mnist/main.py's Net, Adadelta(lr=1.0),
 StepLR(step_size=1, gamma=0.7) stepped per epoch, and DataLoaders over a Dataset applying ToTensor + Normalize
 the way the script does, on the `sample` digits. Clean: PASS. One zoo bug planted in the user's objects:
-that check's FAIL, raised as PreflightFailed. Loaders the checks cannot trace: one line, before any check."""
+that check's FAIL, raised as PreflightFailed. Loaders the checks cannot read: one line, before any check."""
 from __future__ import annotations
 
 import pytest
@@ -113,12 +113,12 @@ class Stream(IterableDataset):
         yield from ((torch.zeros(1, 28, 28), 0) for _ in range(8))
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda t: DataLoader(Stream(), batch_size=4), "IterableDataset"),
-    (lambda t: DataLoader(t.dataset, batch_size=4, collate_fn=lambda items: items), "collate_fn"),
+@pytest.mark.parametrize("make, words", [  # streams and collate_fns that give (x, y) batches: tests/test_read_once.py
+    (lambda t: DataLoader(t.dataset, batch_size=4, collate_fn=lambda items: items), "a list of (x, y) items"),
+    (lambda t: DataLoader(Stream(), batch_size=4, collate_fn=lambda items: items), "a list of (x, y) items"),
     (lambda t: list(t), "DataLoader"),
 ])
-def test_a_loader_the_checks_cannot_trace_is_refused_in_one_line(sample, make, words):
+def test_a_loader_the_checks_cannot_read_is_refused_in_one_line(sample, make, words):
     train, val, test = loaders(sample)
     with pytest.raises(LoaderError) as raised:
         the_script(make(train), val, test)

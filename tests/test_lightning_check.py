@@ -193,13 +193,21 @@ def test_under_ddp_rank_0_checks_and_every_rank_stops(tmp_path):
     assert "/loss_at_init FAIL" in first and "/loss_at_init FAIL" in second
 
 
+def test_a_loader_with_its_own_collate_fn_is_read_through_it(digits):
+    train, val = digits
+    custom = DataLoader(train.dataset, batch_size=64, collate_fn=lambda items: [torch.stack([x for x, _ in items]),
+                                                                               torch.tensor([y for _, y in items])])
+    callback = RecipeCheck(report_dir=None, only=["label_pairing"])
+    fit(LitMNIST(), (custom, val), callback)
+    assert callback.verdict.passed and callback.verdict.pipeline.data.read_once == (("train", "collate"),)
+
+
 def test_a_loader_the_checks_cannot_read_stops_fit_in_one_line(digits):
     from recipe.loaders import LoaderError
 
     train, val = digits
-    custom = DataLoader(train.dataset, batch_size=64, collate_fn=lambda items: [torch.stack([x for x, _ in items]),
-                                                                               torch.stack([y for _, y in items])])
-    with pytest.raises(LoaderError, match="collate_fn"):
+    custom = DataLoader(train.dataset, batch_size=64, collate_fn=lambda items: items)  # (x, y) items, uncollated
+    with pytest.raises(LoaderError, match="a list of"):
         fit(LitMNIST(), (custom, val), RecipeCheck(report_dir=None, force=True))
 
 

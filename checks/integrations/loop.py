@@ -11,8 +11,9 @@ It reads the loaders' datasets (recipe/loaders.py: map-style Datasets, the loade
 shuffle), builds the Pipeline view of the user's factories and step, runs every check through the one
 runner with the one stage gate, optionally writes the usual report, and returns a `LoopVerdict`.
 On a FAIL or ERROR it raises `PreflightFailed`, naming the failing checks, so a script stops before
-it trains (`raise_on_fail=False` returns the verdict instead). A loader the checks cannot read example
-by example (an IterableDataset, a custom collate_fn) is refused in one line, before any check runs.
+it trains (`raise_on_fail=False` returns the verdict instead). A loader whose items are not what the
+model gets (an IterableDataset, a custom collate_fn, a random transform) is read once through the loader
+(recipe/read_once.py); one that cannot be read at all is refused in one line, before any check runs.
 """
 from __future__ import annotations
 

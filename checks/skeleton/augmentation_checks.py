@@ -25,6 +25,11 @@ def augmentation_consistency(pipeline: Pipeline, min_class_ratio: float = 0.35, 
 
     Catches: flips or large rotations of digits (6 <-> 9, mirrored 3), crops that cut the object away.
     """
+    if pipeline.augment is None and ("train", "random transform") in pipeline.data.read_once:
+        return not_applicable("augmentation_consistency", STAGE,
+                              "the train dataset's own random transform was read once (one draw per example): "
+                              "an augmented image cannot be told from a clean one here. To have it checked, give "
+                              "the checks the dataset without it and the transform as the pipeline's `augment`.")
     if pipeline.augment is None:
         return not_applicable("augmentation_consistency", STAGE,
                               "augmentation is off: nothing to check (the recipe's 'simplify' default).")

@@ -187,14 +187,22 @@ def batch_sampling(pipeline: Pipeline, min_mixing: float = 0.5) -> CheckResult:
         (mixing, min_mixing, ">=", f"batches hold {sum(distinct) / len(distinct):.1f} distinct classes on average "
          f"where a shuffled batch of {size} holds {expected:.1f}: the data is sorted by class and not shuffled"),
     ]
-    missed = [c for c in criteria if math.isfinite(c[0]) and not holds(c[0], c[2], c[1])]
-    problems = list(dict.fromkeys(c[3] for c in missed))  # same batch every time misses coverage and repeats
     details = {"coverage": coverage, "index_order_correlation": rank_corr, "class_mixing": mixing,
                "examples_per_epoch_ratio": repeats}
     mixed = f", with {mixing:.0%} of the class mixing of random batches" if math.isfinite(mixing) else ""
     message = (f"one epoch covers {coverage:.1%} of train once, in shuffled order (position/index correlation "
-               f"{rank_corr:.2f}){mixed}." if not problems
-               else "; ".join(problems) + ".")
+               f"{rank_corr:.2f}){mixed}.")
+    if ("train", "stream") in pipeline.data.read_once:
+        # A stream decides its own order, and was read once: its positions are no index to be shuffled, and
+        # an epoch of it is whatever it yields. Only how its batches mix the classes can be judged.
+        if not math.isfinite(mixing):
+            return not_applicable("batch_sampling", STAGE, "the train loader streams (an IterableDataset): its "
+                                  "order is its own and token sequences have no class whose mixing could be judged.")
+        criteria = criteria[3:]
+        message = f"the train stream, read once in its own order, mixes classes{mixed}."
+    missed = [c for c in criteria if math.isfinite(c[0]) and not holds(c[0], c[2], c[1])]
+    problems = list(dict.fromkeys(c[3] for c in missed))  # same batch every time misses coverage and repeats
+    message = "; ".join(problems) + "." if problems else message
     value, threshold, comparison, _ = missed[0] if missed else [c for c in criteria if math.isfinite(c[0])][-1]
     return CheckResult("batch_sampling", STAGE, Verdict.FAIL if problems else Verdict.PASS, value, threshold,
                        comparison, message, details=details)
