@@ -122,3 +122,31 @@ def test_the_usage_example_runs_as_pasted(names, tmp_path, monkeypatch):
     exec(compile(code, "usage.md", "exec"), scope)
     assert scope["trainer"].state.global_step == 2  # the preflight passed and training went on
     assert list((tmp_path / "reports").glob("*/index.html"))  # report_dir="reports" as pasted
+
+
+class Streamed(torch.utils.data.IterableDataset):
+    """The rows as a streaming dataset (no len()), as `datasets`' streaming mode gives them."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
+@pytest.mark.parametrize("model_class, verdict", [(transformers.GPT2LMHeadModel, Verdict.PASS),
+                                                  (PeekingGPT2, Verdict.FAIL)])
+def test_a_streaming_dataset_is_read_through_the_trainers_loader(names, tmp_path, model_class, verdict):
+    train_rows, eval_rows, vocab, pad_id = names
+    torch.manual_seed(0)
+    model = model_class(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab, n_positions=64,
+                                                pad_token_id=pad_id))
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3 * len(train_rows) // 16,
+                                          learning_rate=3e-3, per_device_train_batch_size=16, report_to=[],
+                                          use_cpu=True, save_strategy="no", disable_tqdm=True)
+    callback = RecipeTrainerCallback(force=True, eval_dataset=Streamed(eval_rows), only=["causality", "loss_at_init"])
+    transformers.Trainer(model=model, args=args, train_dataset=Streamed(train_rows),
+                         callbacks=[callback, StopAfterTwoSteps()]).train()
+    assert callback.verdict.result("causality").verdict is verdict, callback.verdict.result("causality").message
+    data = callback.verdict.pipeline.data
+    assert len(data.train) + len(data.val) + len(data.test) == len(train_rows) + len(eval_rows)

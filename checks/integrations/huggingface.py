@@ -7,7 +7,7 @@
 At `on_train_begin` (the Trainer's optimizer and scheduler exist, no step has run) it builds the Pipeline
 view of the run from what the Trainer hands its callbacks:
 - the data: the train DataLoader's dataset, collated in order by the Trainer's own collate_fn (so the
-  tokens are what the model would see), then converted from Hugging Face's causal-LM batches
+  tokens are what the model would see; a streaming dataset, read once through the Trainer's loader), then converted from Hugging Face's causal-LM batches
   (input_ids, attention_mask, labels = input_ids with -100 on padding, the model shifting internally)
   to the harness contract: x = input_ids[:, :-1], y = labels[:, 1:], -100 read as the pad id. The
   val and test splits are the halves of `eval_dataset` when given (the callback does not see the
@@ -78,11 +78,15 @@ def trainer_pipeline(args, model, optimizer, lr_scheduler, train_dataloader, *, 
         raise RecipeError(f"RecipeTrainerCallback reads causal language models (…ForCausalLM / …LMHeadModel); "
                           f"{type(model).__name__} is not one yet")
     collate = train_dataloader.collate_fn
-    train = _collated(train_dataloader.dataset, collate, "train")
+    train = _collated(train_dataloader.dataset, collate, "train", train_dataloader, model)
     pad_id = _pad_id(train, model)  # what the collator padded inputs with: the copies' attention mask
     counted = "labels" not in train or not (train["labels"] == IGNORE).any()
     loss_pad = None if counted else pad_id  # labels without -100: the Trainer's loss counts padding, so do the checks
-    held = _collated(eval_dataset, collate, "eval") if eval_dataset is not None else None
+    held = None
+    if eval_dataset is not None:
+        eval_loader = torch.utils.data.DataLoader(eval_dataset, batch_size=int(args.per_device_eval_batch_size),
+                                                  collate_fn=collate)
+        held = _collated(eval_dataset, collate, "eval", eval_loader, model)
     pairs = _pairs(train, pad_id)
     vocab = int(model.config.vocab_size)
     if held is not None:  # val and test: the two halves of eval (one set in both reads as a leak)
@@ -140,17 +144,45 @@ def _arch(model) -> str:
     return " ".join(n.replace("LMHeadModel", "ForCausalLM") for n in names)
 
 
-def _collated(dataset, collate, split: str) -> dict:
+KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _collated(dataset, collate, split: str, loader, model) -> dict:
+    """The split as one batch, collated in order by the Trainer's collate_fn; a dataset without len() (an
+    IterableDataset: streaming) is read once through `loader` instead (recipe/read_once.py says why)."""
     try:
         n = len(dataset)
     except TypeError:
-        raise RecipeError(f"the {split} dataset has no len() (an IterableDataset?): RecipeTrainerCallback reads "
-                          "map-style datasets example by example") from None
-    batch = collate([dataset[i] for i in range(n)])
+        return _streamed(loader, split, model)
+    return _tensors(collate([dataset[i] for i in range(n)]), split)
+
+
+def _tensors(batch, split: str) -> dict:
     if "input_ids" not in batch:
         raise RecipeError(f"the collated {split} batch has keys {sorted(batch)}; RecipeTrainerCallback reads "
                           "input_ids (and labels)")
-    return {k: torch.as_tensor(v) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+    return {k: torch.as_tensor(v) for k, v in batch.items() if k in KEYS}
+
+
+def _streamed(loader, split: str, model) -> dict:
+    """One pass through the loader (at most MAX_READ rows), its batches padded to the longest and joined:
+    input_ids with the pad id the collator used (or the config's), attention_mask 0, labels -100."""
+    from recipe.read_once import MAX_READ
+
+    parts, rows = [], 0
+    for batch in loader:
+        parts.append(_tensors(batch, split))
+        rows += len(parts[-1]["input_ids"])
+        if rows >= MAX_READ:
+            break
+    if not parts:
+        raise RecipeError(f"the {split} dataset yielded no examples")
+    width = max(part["input_ids"].shape[1] for part in parts)
+    pads = [part["input_ids"][part["attention_mask"] == 0] for part in parts if "attention_mask" in part]
+    pad = next((int(p[0]) for p in pads if len(p)), getattr(model.config, "pad_token_id", None) or 0)
+    fill = {"input_ids": pad, "attention_mask": 0, "labels": IGNORE}
+    return {key: torch.cat([nn.functional.pad(part[key], (0, width - part[key].shape[1]), value=fill[key])
+                            for part in parts])[:MAX_READ] for key in parts[0]}
 
 
 def _pad_id(batch: dict, model) -> int | None:
