@@ -68,12 +68,35 @@ def never_reset_scaled(model, optimizer, loss_fn, x, y):
     return loss_fn(model(x), y).detach()
 
 
+class Clipped:
+    """The step LM and RL code writes: backward, clip_grad_norm_ (in place), step; `reset` False forgets
+    zero_grad, `every` > 1 accumulates and clips at the update."""
+
+    def __init__(self, max_norm: float = 1.0, reset: bool = True, every: int = 1, by_value: bool = False):
+        self.max_norm, self.reset, self.every, self.by_value, self.calls = max_norm, reset, every, by_value, 0
+
+    def __call__(self, model, optimizer, loss_fn, x, y):
+        if self.reset and self.calls % self.every == 0:
+            optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        (loss / self.every).backward()
+        self.calls += 1
+        if self.calls % self.every == 0:
+            if self.by_value:
+                torch.nn.utils.clip_grad_value_(model.parameters(), self.max_norm)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_norm)
+            optimizer.step()
+        return loss.detach()
+
+
 @pytest.mark.parametrize("step", [
+    lambda: Clipped(1.0), lambda: Clipped(0.1), lambda: Clipped(1.0, every=4), lambda: Clipped(0.01, by_value=True),
     lambda: Accumulate(4), lambda: Accumulate(4, start=1), lambda: Accumulate(4, start=3),
     lambda: Accumulate(2), lambda: Accumulate(4, set_to_none=False),
     lambda: Accumulate(4, zero_first=True), lambda: Accumulate(4, start=2, zero_first=True),
     lambda: Accumulate(3, divide=False), lambda: step_then_zero_grad,
-], ids=["acc4", "acc4-phase1", "acc4-phase3", "acc2", "acc4-zeros", "acc4-reset-first", "acc4-reset-first-phase2",
+], ids=["clip-1", "clip-0.1", "acc4-clip-1", "clip-value", "acc4", "acc4-phase1", "acc4-phase3", "acc2", "acc4-zeros", "acc4-reset-first", "acc4-reset-first-phase2",
         "acc3-undivided", "zero-grad-after-step"])
 def test_valid_gradient_accumulation_and_reset_orders_pass(mlp, sgd, step):
     for pipeline in (mlp, sgd):
@@ -88,10 +111,13 @@ def test_an_ema_shadow_copy_passes(mlp, decay):
     assert "not used by forward" in result.message and len(result.details["frozen"]) == 4
 
 
-@pytest.mark.parametrize("step", [step_without_zero_grad, never_reset_scaled], ids=["plain", "loss-over-4"])
+@pytest.mark.parametrize("step", [
+    lambda: step_without_zero_grad, lambda: never_reset_scaled, lambda: Clipped(1.0, reset=False),
+    lambda: Clipped(0.1, reset=False),  # not clip_grad_value_: clamping each element leaves no linear trace
+], ids=["plain", "loss-over-4", "clip-norm-1", "clip-norm-0.1"])
 def test_a_step_that_never_resets_gradients_fails(linear, mlp, sgd, step):
     for pipeline in (linear, mlp, sgd):
-        result = gradient_flow(replace(pipeline, train_step=step))
+        result = gradient_flow(replace(pipeline, train_step=step()))
         assert result.verdict is Verdict.FAIL and result.details["gradients_never_reset"], result.message
         assert "zero_grad" in result.message
 

@@ -7,7 +7,8 @@ import math
 import torch
 
 from checks.engine.kinds import applies_to
-from checks.baselines.loss_jumps import (WITNESS_MAX_END_SHARE, WITNESS_MAX_RISE, loss_jumped, peak_loss,
+from checks.baselines.token_baseline import TOKEN_MIN_LOSS_SHARE, counted_token_pass
+from checks.baselines.loss_jumps import (WITNESS_MAX_END_SHARE, WITNESS_MAX_RISE, loss_jumped, peak_loss, peak_step,
                                          prior_entropy, warmup_witness)
 from checks.measure.reference_run import budgeted_training, reference_run
 from checks.engine.result import CheckResult, Figure, Verdict
@@ -25,7 +26,6 @@ def _last_window_mean(losses: list[float], window: int = LOSS_WINDOW) -> float:
     return sum(tail) / len(tail)
 
 
-TOKEN_MIN_LOSS_SHARE = 0.1  # token sequences: real context must cut the zero-input (unigram) loss by a tenth
 
 
 @applies_to("image", "features", "tokens")
@@ -42,8 +42,13 @@ def input_independent_baseline(pipeline: Pipeline, min_gain: float = 0.1, max_ze
     model should land near the majority-class accuracy; far above it means labels reach the model some
     other way. A worse val loss than zero inputs FAILs only when the training loss went wrong too (it
     jumped, or ended no better than zero inputs); a model that fits train and not val WARNs.
+    Token sequences PASS first by counting, when real context beats the best model that never reads its
+    ids by a tenth: no zero-input run can do better than that count (checks/baselines/token_baseline.py).
     """
     reference = reference_run(pipeline)
+    counted = counted_token_pass(pipeline, reference) if pipeline.kind == "tokens" else None
+    if counted is not None:  # tokens: real context beat the best input-independent model, counted: no zero run
+        return counted
     steps = reference.steps
     real_model = reference.model
     zero_model = budgeted_training(pipeline, steps, zero_inputs=True).model
@@ -173,10 +178,11 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     first = sum(losses[:window]) / window
     last = sum(losses[-window:]) / window
     drop = (first - last) / abs(first) if first != 0 and math.isfinite(first) and math.isfinite(last) else -math.inf
-    peak = peak_loss(losses)
+    peak, at = peak_loss(losses), peak_step(losses)  # held for 3 steps: one hard batch is not a jump
     jumped = loss_jumped(losses)
     series = {"loss": losses}
-    details = {"first_window": first, "last_window": last, "drop": drop, "peak": peak, "warn_threshold": min_drop,
+    details = {"first_window": first, "last_window": last, "drop": drop, "peak": peak, "peak_step": at,
+               "warn_threshold": min_drop,
                **run.budget_details}
     # A jump the user's own run came back from may be a start-up overshoot only: the witness run with a warm-up
     # tells. Came back: its end is under what guessing the train label frequencies costs (cross-entropy; the
@@ -198,12 +204,14 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
         rise = details["warmup_witness_rise"]
         climbed = ("jumped again" if not math.isfinite(rise) else
                    f"still climbed back ({rise:.0%} of its first loss above its best, limit {WITNESS_MAX_RISE:.0%})")
-        why = (f"the loss jumped from {losses[0]:.4f} at the first step to {peak:.4g}, more than twice its start, and "
+        why = (f"the loss jumped from {losses[0]:.4f} at the first step to {peak:.4g} (held from step {at}), more than "
+               "twice its start, and "
                f"with the lr ramped up over the first {details['warmup_witness_steps']} steps the loss {climbed} and "
                f"ended at {details['warmup_witness_last_window']:.4f}, not half of {last:.4f}: the learning rate is "
                "too high, not just at the start")
     elif jumped:
-        why = (f"the loss jumped from {losses[0]:.4f} at the first step to {peak:.4g}, more than twice its start, and "
+        why = (f"the loss jumped from {losses[0]:.4f} at the first step to {peak:.4g} (held from step {at}), more than "
+               "twice its start, and "
                f"ended at {last:.4f}, not under {came_back_below:.4f} (what guessing the label frequencies costs, less "
                f"{min_progress:.0%}): the learning rate is too high (it overshoots and does not recover)")
     elif not math.isfinite(last) or last > first:
@@ -227,14 +235,14 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
         threshold, comparison = min_progress, ">="
         verdict = Verdict.PASS if drop >= min_drop else Verdict.WARN if drop >= min_progress else Verdict.FAIL
     if verdict is Verdict.PASS:
-        message = f"{summary}: -{drop:.0%} (need -{min_drop:.0%}), never above twice the first loss."
+        message = f"{summary}: -{drop:.0%} (need -{min_drop:.0%}), never held above twice the first loss."
     elif verdict is Verdict.WARN and jumped:
         witness_said = (f"never jumped and never climbed back (at most {value:.0%} of its first loss above its best "
                         f"so far, limit {WITNESS_MAX_RISE:.0%}), ending at {details['warmup_witness_last_window']:.4f}"
                         if threshold == WITNESS_MAX_RISE else
                         f"ended at {details['warmup_witness_last_window']:.4f}, {value:.0%} of the loss without it "
                         f"(limit {WITNESS_MAX_END_SHARE:.0%})")
-        message = (f"{summary}, but it jumped from {losses[0]:.4f} to {peak:.4g} in the first steps. The same run with "
+        message = (f"{summary}, but it jumped from {losses[0]:.4f} to {peak:.4g} (held from step {at}). The same run with "
                    f"the lr ramped up over its first {details['warmup_witness_steps']} steps {witness_said}: the lr "
                    "overshoots at the start and trains once past it (common for SGD at 0.1 on BatchNorm nets without "
                    "warm-up). Not broken; a warm-up tames the start.")

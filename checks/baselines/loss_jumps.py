@@ -14,12 +14,32 @@ from checks.measure.reference_run import budgeted_training
 from recipe.pipeline import Pipeline
 
 
+HELD = 3  # steps a jump must last: one hard batch lifts one step's loss (a batch of 16 with one confident mistake)
+
+
+def held_losses(losses: list[float]) -> list[float]:
+    """Each step's loss as held: the least of it and the HELD - 1 steps after it (NaN/inf count as inf).
+    An lr that overshoots lifts the loss for many steps; one hard batch among easy ones lifts one."""
+    finite = [v if math.isfinite(v) else math.inf for v in losses]
+    if not all(map(math.isfinite, finite)):  # a NaN or inf is no hard batch: it ends the run's meaning, held or not
+        return [v if not math.isfinite(v) else min(finite[i:i + HELD]) for i, v in enumerate(finite)]
+    return [min(finite[i:i + HELD]) for i in range(max(len(finite) - HELD + 1, 1))]  # the last steps: not yet held
+
+
 def peak_loss(losses: list[float]) -> float:
-    return max(losses, key=lambda v: v if math.isfinite(v) else math.inf)
+    """The highest held loss (see held_losses)."""
+    return max(held_losses(losses))
+
+
+def peak_step(losses: list[float]) -> int:
+    """The 1-based step where the held loss peaks."""
+    held = held_losses(losses)
+    return held.index(max(held)) + 1
 
 
 def loss_jumped(losses: list[float]) -> bool:
-    """The loss went to NaN/inf or above twice its first value: an lr that overshoots (the step, not the data)."""
+    """The loss went to NaN/inf or held above twice its first value for HELD steps: an lr that overshoots
+    (the step, not the data)."""
     peak = peak_loss(losses)
     return not math.isfinite(peak) or peak > 2 * abs(losses[0])
 

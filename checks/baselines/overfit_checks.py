@@ -183,14 +183,23 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
         return fail(final if math.isfinite(final) else math.inf, threshold, "<=", cause)
     passed = (f"memorised a batch of {len(y)} in {len(losses)} steps{extended}: loss {final:.4f} <= {threshold:.4f} "
               f"(the loss's floor on this batch {floor:.4f} + {tolerance}{shared}), accuracy {accuracy:.1%}")
-    if accuracy < best_accuracy and train_mode_accuracy >= best_accuracy:
+    if y.dim() == 2:
+        # A token batch holds ~1,000 predictions, and a mean loss within `tolerance` of the floor leaves room for a
+        # few wrong ones: a wrong argmax costs at least ln 2 nats (the true class has at most half the mass), so
+        # the loss's excess hides at most excess / ln 2 of them. Fewer right than that is the loss not measuring
+        # what is predicted, or eval mode predicting otherwise (a batch of 16 images must still be all right).
+        needed = best_accuracy - max(final - floor, 0.0) / math.log(2)
+        details["accuracy_needed"] = needed
+    else:
+        needed = best_accuracy
+    if accuracy < needed and train_mode_accuracy >= needed:
         return CheckResult("overfit_one_batch", STAGE, Verdict.PASS, final, threshold, "<=",
                            f"{passed} in train mode. In eval mode only {accuracy:.0%}: the model's BatchNorm "
                            f"running stats, after {len(losses)} steps, still lag the batch statistics the steps "
                            "trained with. Not a bug of the loss or lr; if eval accuracy stays low in the real run, "
                            "look at the BatchNorm momentum and batch size.", figures=figures, details=details)
-    if accuracy < best_accuracy:
-        return fail(accuracy, best_accuracy, ">=", f"the loss reached {final:.4f} but only {accuracy:.0%} of the batch is "
+    if accuracy < needed:
+        return fail(accuracy, needed, ">=", f"the loss reached {final:.4f} but only {accuracy:.1%} of the batch is "
                     "predicted right (in eval mode): the step jumped away from the solution (learning rate too "
                     "high), eval mode behaves differently (dropout or normalisation layers), or the loss does not "
                     "measure classification (wrong target encoding or wrong loss)")

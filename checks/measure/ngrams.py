@@ -70,3 +70,17 @@ def ngram_losses(data: DataBundle, split: str = "val") -> dict[str, float]:
     return {"uniform": math.log(V), "unigram": float(-log_unigram[ey].sum() / n),
             "bigram": float(-log_bigram[ex, ey].sum() / n), "unigram_train_entropy": entropy,
             "tokens_scored": int(len(ey)), "split": split}
+
+
+def position_unigram_log_probs(data: DataBundle) -> torch.Tensor:
+    """(T, V) log p(target | position) fitted on train's targets: the best a model that never reads its
+    input ids can predict (it may still know the position). Each position's counts get V pseudo-counts
+    spread as the add-one unigram, so a rare position leans on the unigram and nothing costs infinity."""
+    V, pad = data.num_classes, data.pad_id
+    _, y = rows(data.train)
+    T = y.shape[1]
+    keep = real(y, pad) & (y >= 0) & (y < V)
+    positions = torch.arange(T).expand_as(y)
+    counts = torch.bincount((positions * V + y.clamp(0, V - 1))[keep], minlength=T * V).double().view(T, V)
+    unigram = (counts.sum(0) + 1) / (counts.sum() + V)
+    return ((counts + V * unigram) / (counts.sum(1, keepdim=True) + V)).log()

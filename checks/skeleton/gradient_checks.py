@@ -54,6 +54,28 @@ def _close(a: list[torch.Tensor], b: list[torch.Tensor], rtol: float) -> bool:
     return scale > 0 and _distance(a, b) <= rtol * scale
 
 
+def _carries_previous(now: list[torch.Tensor], before: list[torch.Tensor], fresh: list[torch.Tensor],
+                      rtol: float) -> bool:
+    """Whether p.grad after a call is a * (p.grad before it) + b * (the call's fresh gradient) with a > 0, and
+    not b * fresh alone: the old gradient was carried into the new one (no zero_grad), whatever the step
+    did to the sum in place afterwards (clip_grad_norm_ rescales it, which hides the plain running sum).
+    The two gradients' directions differ a little from call to call, and the part of the old one that
+    the fresh one does not share is the trace. Not seen: clip_grad_value_, whose clamp of each element
+    leaves no linear trace."""
+    L, P, F = (torch.cat([t.double().flatten() for t in ts]) for ts in (now, before, fresh))
+    size = float(L.norm())
+    if size == 0 or float(P.norm()) == 0 or float(F.norm()) == 0:
+        return False
+    gram = torch.stack([torch.stack([P @ P, P @ F]), torch.stack([P @ F, F @ F])])
+    if float(torch.linalg.det(gram)) <= 1e-12 * float(P @ P) * float(F @ F):
+        return False  # the old and fresh gradients are parallel: nothing tells them apart
+    a, b = torch.linalg.solve(gram, torch.stack([P @ L, F @ L])).tolist()
+    both = float((L - a * P - b * F).norm()) / size
+    fresh_only = float((L - float(F @ L) / float(F @ F) * F).norm()) / size
+    # float32 sums leave both fits ~1e-7 off; a carried gradient leaves the fresh-only fit 1e-3 off or more
+    return a > 0 and both <= rtol and fresh_only >= max(100 * both, 1e-5)
+
+
 @torch.no_grad()
 def _used_by_forward(model: nn.Module, x: torch.Tensor, names: list[str]) -> set[str]:
     """The parameters among `names` whose value the output depends on: noise added to each in turn
@@ -128,6 +150,7 @@ def gradient_flow(pipeline: Pipeline, calls: int = 8, rtol: float = 1e-3) -> Che
     running: Grads = {}
     scale = None          # p.grad / fresh gradient at the first call that left one (1/k for loss / k)
     never_reset, lagged, previous = True, False, None
+    carried_every_call, left_before = True, None  # the trace of no zero_grad that survives in-place clipping
     lrs, done = [], 0
     for k in range(1, calls + 1):
         before = {n: named[n].detach().clone() for n in trainable}
@@ -164,12 +187,17 @@ def gradient_flow(pipeline: Pipeline, calls: int = 8, rtol: float = 1e-3) -> Che
         summed = complete and scale is not None and _close([left[n] for n in nonzero],
                                                            [scale * running[n] for n in nonzero], rtol)
         never_reset = never_reset and summed
+        if k >= 2:
+            carried_every_call = carried_every_call and complete and left_before is not None and _carries_previous(
+                [left[n] for n in nonzero], [left_before.get(n, torch.zeros_like(left[n])) for n in nonzero],
+                [fresh[n] for n in nonzero], rtol)
+        left_before = {n: left[n].detach().clone() for n in nonzero} if complete else None
         previous = None
         if complete and scale is not None and changed & set(nonzero):
             previous = (nonzero, [left[n].detach().clone() for n in nonzero], [scale * fresh[n] for n in nonzero])
         if not math.isfinite(loss):
             break
-    never_reset = never_reset and done >= 2
+    never_reset = (never_reset or carried_every_call) and done >= 2
     used = _used_by_forward(model, x, frozen + [n for n in trainable if n not in ever_grad])
     no_grad = [n for n in trainable if n not in ever_grad and n in used]
     unused = [n for n in trainable if n not in ever_grad and n not in used]
@@ -204,8 +232,8 @@ def gradient_flow(pipeline: Pipeline, calls: int = 8, rtol: float = 1e-3) -> Che
                         "started from: optimizer.step() runs before loss.backward(), so each update applies the "
                         "previous step's gradient (and the first step none)")
     if never_reset:
-        problems.append(f"gradients accumulate across all {done} steps: p.grad is the sum of every step's "
-                        "gradient, never reset. zero_grad is never called (if you accumulate gradients on purpose, "
+        problems.append(f"gradients accumulate across all {done} steps: p.grad keeps every earlier step's "
+                        "gradient (a running sum, rescaled in place if the step clips), never reset. zero_grad is never called (if you accumulate gradients on purpose, "
                         f"reset them after each update; accumulation over more than {calls} batches is not told "
                         "apart)")
     if unused:
