@@ -1,0 +1,135 @@
+"""What a new user's own language and tabular code met (2026-12-07), each a false verdict now fixed, with
+the bad twins that must still FAIL:
+- a BatchNorm MLP with SGD + OneCycleLR in batches of 16: one hard batch lifted one step's loss above twice
+  the first, and training_loss_decreases FAILed "the lr is too high". A jump must now hold 3 steps.
+- a 2-layer LSTM LM with dropout 0.1: overfit_one_batch FAILed at 99.0% of 1,024 predictions right with its
+  loss at the bar. A token batch may now miss what its loss's excess pays for (ln 2 nats a miss).
+- no zero_grad in a step that clips with clip_grad_norm_: gradient_flow read PASS. It now FAILs."""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from checks.baselines.baseline_checks import training_loss_decreases
+from checks.baselines.loss_jumps import loss_jumped, peak_step
+from checks.baselines.overfit_checks import overfit_one_batch
+from checks.engine.result import Verdict
+from checks.skeleton.gradient_checks import gradient_flow
+from recipe.all_sources import load_source
+from recipe.config import TrainConfig
+from recipe.features import FeatureBatches, feature_stats
+from recipe.pipeline import Pipeline
+from recipe.sequences import TokenBatches, gpt_pipeline
+from recipe.steps import train_step
+
+
+@pytest.mark.parametrize("losses, jumped", [
+    ([2.3] + [0.3] * 50 + [5.0] + [0.3] * 50, False),        # one hard batch
+    ([2.3] + [0.3] * 50 + [5.0, 0.3, 5.0] + [0.3] * 50, False),  # two, apart
+    ([2.3] + [0.3] * 97 + [5.0, 6.0], False),                 # at the very end: not yet held
+    ([2.3] + [0.3] * 50 + [5.0, 5.5, 4.9] + [0.3] * 50, True),  # held 3 steps
+    ([2.3, 16.0, 14.0, 9.0, 6.0] + [1.0] * 50, True),         # resnet18's start without warm-up
+    ([2.3] + [0.3] * 50 + [math.nan], True),                  # NaN is never a hard batch
+])
+def test_a_jump_must_hold(losses, jumped):
+    assert loss_jumped(losses) is jumped
+
+
+def test_the_jump_is_placed_where_it_held():
+    assert peak_step([2.3] + [0.3] * 20 + [5.0, 5.5, 4.9] + [0.3] * 20) == 22
+
+
+def bn_mlp_pipeline(config: TrainConfig, data, lr: float = 0.1) -> Pipeline:
+    """The user's tabular MLP: BatchNorm1d + dropout, SGD nesterov with weight decay, OneCycleLR per batch."""
+    stats, device = feature_stats(data.train), data.train.labels.device
+    width, classes = data.train.images.shape[1], data.num_classes
+    per_epoch = math.ceil(len(data.train) / config.batch_size)
+
+    def model() -> nn.Module:
+        return nn.Sequential(nn.Linear(width, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2),
+                             nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2),
+                             nn.Linear(64, classes)).to(device)
+
+    return Pipeline(name="tabular-bn-mlp", data=data, norm=stats, batches=FeatureBatches(data, stats, config.batch_size),
+                    make_model=model, loss_fn=F.cross_entropy,
+                    make_optimizer=lambda p: torch.optim.SGD(p, lr=lr / 2, momentum=0.9, nesterov=True,
+                                                             weight_decay=5e-4),
+                    train_step=train_step, config=config,
+                    make_scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+                        opt, max_lr=lr, epochs=config.epochs, steps_per_epoch=per_epoch),
+                    scheduler_interval="step")
+
+
+@pytest.mark.parametrize("source, seed", [("breast-cancer", 0), ("breast-cancer", 1), ("wine", 0)])
+def test_one_hard_batch_of_16_is_not_an_lr_too_high(source, seed):
+    result = training_loss_decreases(bn_mlp_pipeline(TrainConfig(batch_size=16, epochs=30, seed=seed),
+                                                     load_source(source)))
+    assert result.verdict is Verdict.PASS, result.message
+
+
+def test_an_lr_too_high_on_the_same_mlp_still_fails():
+    result = training_loss_decreases(bn_mlp_pipeline(TrainConfig(batch_size=16, epochs=30), load_source("wine"),
+                                                     lr=50.0))
+    assert result.verdict is Verdict.FAIL, result.message
+
+
+class CharLSTM(nn.Module):
+    def __init__(self, vocab: int, dropout: float = 0.1):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 64)
+        self.lstm = nn.LSTM(64, 128, num_layers=2, batch_first=True, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(128, vocab)
+
+    def forward(self, x):
+        return self.head(self.drop(self.lstm(self.embed(x))[0]))
+
+
+def clipping_step(reset: bool = True):
+    def step(model, optimizer, loss_fn, x, y):
+        if reset:
+            optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss.detach()
+    return step
+
+
+@pytest.fixture(scope="module")
+def stdlib_text(tmp_path_factory):
+    import argparse, bisect, fractions, functools, heapq, string, textwrap  # noqa: E401 (the user's corpus)
+
+    path = tmp_path_factory.mktemp("text") / "input.txt"
+    path.write_text("".join(inspect.getsource(m) for m in (textwrap, string, heapq, bisect, functools, fractions,
+                                                           argparse)), encoding="utf-8")
+    return load_source("text", path)
+
+
+@pytest.mark.slow  # 415 steps of a 2-layer LSTM on 16 x 64 tokens: ~18 s
+def test_a_dropout_lstm_memorises_a_token_batch(stdlib_text):
+    data = stdlib_text
+    pipeline = Pipeline(name="char-lstm", data=data, norm=None, batches=TokenBatches(data, 64),
+                        make_model=lambda: CharLSTM(data.num_classes), loss_fn=lambda o, y: F.cross_entropy(
+                            o.reshape(-1, o.shape[-1]), y.reshape(-1)),
+                        make_optimizer=lambda p: torch.optim.Adam(p, lr=2e-3), train_step=clipping_step(),
+                        config=TrainConfig(seed=0))
+    torch.manual_seed(0)
+    result = overfit_one_batch.__wrapped__(pipeline)
+    assert result.verdict is Verdict.PASS, result.message
+    assert result.details["batch_accuracy"] >= result.details["accuracy_needed"]
+
+
+@pytest.mark.parametrize("reset, verdict", [(True, Verdict.PASS), (False, Verdict.FAIL)])
+def test_no_zero_grad_under_clipping_fails_on_a_gpt(reset, verdict):
+    clean = gpt_pipeline(TrainConfig(), load_source("names"))
+    result = gradient_flow(replace(clean, train_step=clipping_step(reset)))
+    assert result.verdict is verdict, result.message
+    assert result.details["gradients_never_reset"] is (not reset)
