@@ -56,3 +56,14 @@ def test_a_real_model_fails_no_check(data_sets, name, data_set, seed):
     blocking = [f"{r.name}: {r.verdict.value}: {r.message}" for r in results if r.verdict.blocks]
     assert not blocking, f"{name} (seed {seed}, {data_set}):\n" + "\n".join(blocking)
     assert not disagreements(results)
+
+
+def test_a_compiled_model_with_batchnorm_gets_its_watched_reference_run(sample_data):
+    """The reference run's mode hooks once made every judged copy deep-copy them, and with them the whole
+    compiled model they name, which torch.compile's wrapper cannot survive: six checks ERRORed on
+    compiled_cnn (seeds 1..4). Twelve watched steps with their snapshots now run."""
+    from checks.measure.reference_run import budgeted_training
+
+    pipeline = REAL_MODELS["compiled_cnn"](TrainConfig(seed=1), sample_data)
+    run = budgeted_training(pipeline, 12, watch=True)
+    assert run.steps == 12 and len(run.true_class_probability) >= 2 and run.modes is not None

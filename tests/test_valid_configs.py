@@ -13,9 +13,10 @@ import torch
 
 from checks import run_all
 from recipe.config import TrainConfig
-from tests.seeds import EVIDENCE_SEEDS
+from tests.seeds import ALL_SEEDS, EVIDENCE_SEEDS
 from tests.test_verdicts import disagreements
 from tests.zoo.valid import VALID
+from tests.zoo.valid_tricks import IN_CI, TRICKS
 
 SEEDS = EVIDENCE_SEEDS  # 0..4 with RECIPE_ALL_SEEDS=1 (tests/seeds.py)
 
@@ -45,3 +46,12 @@ def assert_nothing_blocks(results, label: str) -> None:
 @pytest.mark.slow
 def test_a_valid_configuration_fails_no_check(sample_data, name, seed):
     assert_fails_no_check(name, seed, sample_data)
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[] if name in IN_CI or ALL_SEEDS else [pytest.mark.skip(
+    reason="fine-tuning and training tricks beyond the two CI runs: RECIPE_ALL_SEEDS=1 runs them")]) for name in TRICKS])
+@pytest.mark.slow
+def test_a_training_trick_or_fine_tuning_setup_fails_no_check(sample_data, name):
+    pipeline = TRICKS[name](TrainConfig(seed=0), sample_data)
+    torch.manual_seed(0)
+    assert_nothing_blocks(run_all(pipeline, gate=False), f"{name} (seed 0, sample)")

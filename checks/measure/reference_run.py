@@ -83,8 +83,13 @@ class ModeWatch:
         modules = dict(model.named_modules())
         self._handles = [modules[name].register_forward_pre_hook(self._note) for name in self.watched]
 
+    def __deepcopy__(self, memo) -> "ModeWatch":
+        # A copy of the watched model (the snapshots' judged copy) carries the hooks: it shares this watch
+        # rather than copy it, and with it the whole model it names (torch.compile's wrapper breaks there).
+        return self
+
     def _note(self, module: nn.Module, args) -> None:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled():  # a judged copy shares the hooks, but runs without gradients
             self.called.setdefault(module, set()).add(module.training)
 
     def expect(self) -> None:

@@ -102,6 +102,7 @@ def short_training(pipeline: Pipeline, steps: int, *, zero_inputs: bool = False,
         record(0, model)
     epoch = 0
     while len(losses) < steps:
+        model.train()  # as fit does at the start of every epoch: a train() that keeps BatchNorm frozen takes effect
         for batch in pipeline.batches("train", shuffle=True, augment=False, generator=generator(pipeline, epoch)):
             x = torch.zeros_like(batch.x) if zero_inputs else batch.x
             loss = take_step(pipeline, model, optimizer, x, batch.y)
