@@ -58,6 +58,7 @@ def test_a_real_model_fails_no_check(data_sets, name, data_set, seed):
     assert not disagreements(results)
 
 
+@pytest.mark.slow  # dynamo traces the model, its hooks and the judged copies: ~15 s
 def test_a_compiled_model_with_batchnorm_gets_its_watched_reference_run(sample_data):
     """The reference run's mode hooks once made every judged copy deep-copy them, and with them the whole
     compiled model they name, which torch.compile's wrapper cannot survive: six checks ERRORed on
