@@ -14,9 +14,12 @@ batches mix classes; one draw of a random transform cannot be compared with clea
 """
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import Mapping
 from itertools import islice
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -55,7 +58,32 @@ class ReadOnce(Dataset):
 
 
 def read_through_loader(loader, split: str, kind: str) -> ReadOnce:
-    """One pass over `loader` (at most MAX_READ examples), each batch cut into examples."""
+    """One pass over `loader` (at most MAX_READ examples), each batch cut into examples. The same code and
+    data read the same examples in the same order on every run: a map-style dataset is read in index order
+    through a copy of the loader that does not shuffle, and a stream under fixed seeds (torch, random and
+    numpy, their states put back after)."""
+    if kind == "collate" and not isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        loader = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
+                                             collate_fn=loader.collate_fn)
+    with _seeded():
+        return _read(loader, split, kind)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int = 0):
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+
+
+def _read(loader, split: str, kind: str) -> ReadOnce:
     items: list = []
     first_size = None
     batches = iter(loader)

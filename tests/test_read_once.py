@@ -169,3 +169,18 @@ def test_an_endless_stream_is_read_up_to_the_cap(sample, monkeypatch):
     view = read_loaders(DataLoader(Endless(), batch_size=64), *loaders(sample)[1:])
     assert len(view.data.train) == 500 and "first 500" in view.data.reason
     assert MAX_READ >= 50_000  # a real stream gets a real epoch's worth
+
+
+def test_the_same_loaders_are_read_the_same_way_twice(sample):
+    class UnseededStream(IterableDataset):  # shuffles with the global RNG, as many streams do
+        def __init__(self, split):
+            self.digits = Digits(split)
+
+        def __iter__(self):
+            return (self.digits[i] for i in torch.randperm(len(self.digits)).tolist())
+
+    _, val, test = loaders(sample)
+    for make in (lambda: DataLoader(UnseededStream(sample.train), batch_size=64),
+                 lambda: DataLoader(Digits(sample.train), batch_size=64, shuffle=True, collate_fn=as_dicts)):
+        first, second = (read_loaders(make(), val, test).data.train for _ in range(2))
+        assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
