@@ -65,12 +65,13 @@ def read_through_loader(loader, split: str, kind: str) -> ReadOnce:
     if kind == "collate" and not isinstance(loader.dataset, torch.utils.data.IterableDataset):
         loader = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
                                              collate_fn=loader.collate_fn)
-    with _seeded():
+    with seeded():
         return _read(loader, split, kind)
 
 
 @contextlib.contextmanager
-def _seeded(seed: int = 0):
+def seeded(seed: int = 0):
+    """torch, random and numpy seeded for a read; their states put back after."""
     states = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

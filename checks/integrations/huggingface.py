@@ -167,14 +167,15 @@ def _tensors(batch, split: str) -> dict:
 def _streamed(loader, split: str, model) -> dict:
     """One pass through the loader (at most MAX_READ rows), its batches padded to the longest and joined:
     input_ids with the pad id the collator used (or the config's), attention_mask 0, labels -100."""
-    from recipe.read_once import MAX_READ
+    from recipe.read_once import MAX_READ, seeded
 
     parts, rows = [], 0
-    for batch in loader:
-        parts.append(_tensors(batch, split))
-        rows += len(parts[-1]["input_ids"])
-        if rows >= MAX_READ:
-            break
+    with seeded():  # a stream that shuffles reads the same way on every run
+        for batch in loader:
+            parts.append(_tensors(batch, split))
+            rows += len(parts[-1]["input_ids"])
+            if rows >= MAX_READ:
+                break
     if not parts:
         raise RecipeError(f"the {split} dataset yielded no examples")
     width = max(part["input_ids"].shape[1] for part in parts)
