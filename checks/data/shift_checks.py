@@ -146,18 +146,24 @@ def split_shift(pipeline: Pipeline, max_auc: float = 0.7, z: float = 5.0, warn_a
     """
     data = pipeline.data
     generator = torch.Generator().manual_seed(pipeline.config.seed)
+    # Train read as one draw of its own random transform (recipe/read_once.py) differs from val and test by
+    # design (a resized crop smooths the noise a probe reads): then val is the reference, compared with test.
+    augmented = ("train", "random transform") in data.read_once
+    base, others = ("val", ("test",)) if augmented else ("train", ("val", "test"))
+    reference = data.split(base)
     pairs, samples = {}, {}
-    for other in ("val", "test"):
-        a, b = class_matched_sample(data.train.labels, data.split(other).labels, data.num_classes, per_side, generator)
+    for other in others:
+        a, b = class_matched_sample(reference.labels, data.split(other).labels, data.num_classes, per_side, generator)
         if min(len(a), len(b)) < min_per_side:
             continue
-        pairs[other] = (data.train.images[a.to(data.train.images.device)].cpu(),
+        pairs[other] = (reference.images[a.to(reference.images.device)].cpu(),
                         data.split(other).images[b.to(data.split(other).images.device)].cpu())
-        samples.setdefault("train", pairs[other][0])
+        samples.setdefault(base, pairs[other][0])
         samples[other] = pairs[other][1]
     if not pairs:
         return not_applicable("split_shift", STAGE, f"too few images to compare the splits' distributions (need "
-                                                     f"{min_per_side} of matching classes on each side)")
+                                                     f"{min_per_side} of matching classes on each side)" +
+                              (" (train, read as one draw of its random transform, is left out)" if augmented else ""))
     measurements = {}
     for other, (train_images, other_images) in pairs.items():
         images = torch.cat([train_images, other_images])
@@ -179,8 +185,10 @@ def split_shift(pipeline: Pipeline, max_auc: float = 0.7, z: float = 5.0, warn_a
                "threshold": {s: m["threshold"] for s, m in measurements.items()},
                "telling_features": {s: m["telling_features"] for s, m in measurements.items()},
                "intensity": table}
-    said = ", ".join(f"train vs {s} {m['auc']:.3f} ({m['compared']} class-matched images a side)"
+    said = ", ".join(f"{base} vs {s} {m['auc']:.3f} ({m['compared']} class-matched images a side)"
                      for s, m in measurements.items())
+    if augmented:
+        said += " (train is left out: it was read as one draw of its own random transform, which val and test lack)"
     stats = f"per-split pixel mean/std per channel: {_described(table)}"
     ok = (f"a probe on per-image encoding statistics cannot tell the splits apart: held-out ROC AUC {said} "
           f"(chance 0.5, limit {threshold:.3f}); {stats}.")
@@ -190,9 +198,9 @@ def split_shift(pipeline: Pipeline, max_auc: float = 0.7, z: float = 5.0, warn_a
     which = ("train and the held-out splits come from different distributions (train alone, or val and test "
              "together, were preprocessed differently)" if len(shifted) == 2 else
              f"the {odd} split comes from a different distribution")
-    clues = "; ".join(f"{f['feature']}: train {f['train']:.3g} vs {worst} {f['other']:.3g}"
+    clues = "; ".join(f"{f['feature']}: {base} {f['train']:.3g} vs {worst} {f['other']:.3g}"
                       for f in measurements[worst]["telling_features"][:3])
-    fail = (f"{which}: a probe tells train images from {worst} images "
+    fail = (f"{which}: a probe tells {base} images from {worst} images "
             f"(held-out ROC AUC {said}; chance 0.5, limit {threshold:.3f}). What differs most: {clues}; {stats}. "
             "Some images were preprocessed or encoded differently (brightness/contrast or gamma changed, "
             "inverted, blurred or resized, noised, JPEG-compressed, a normalisation or colour conversion baked into "
@@ -200,14 +208,14 @@ def split_shift(pipeline: Pipeline, max_auc: float = 0.7, z: float = 5.0, warn_a
             "read. Apply the same decoding and preprocessing to every split.")
     shown = torch.linspace(0, len(pairs[worst][0]) - 1, 8).long()  # spread over the classes (sorted by class)
     figures = [Figure("bars", "pixel mean and std per channel, per split (sampled images, in [0, 1])", {
-                   "categories": [f"{k} ch{c}" for k in ("mean", "std") for c in range(samples["train"].shape[1])],
+                   "categories": [f"{k} ch{c}" for k in ("mean", "std") for c in range(samples[base].shape[1])],
                    "series": {name: [r[k] for k in ("mean", "std") for r in table if r["split"] == name]
                               for name in samples}}),
-               Figure("images", f"train (first row) and {worst} (second row) images of the same classes", {
+               Figure("images", f"{base} (first row) and {worst} (second row) images of the same classes", {
                    "images": _viewable(torch.cat([side[shown] for side in pairs[worst]]), data.value_range),
                    "ncols": 8,
-                   "captions": ["train"] * 8 + [worst] * 8})]
-    mild = (f"a probe tells train images from {worst} images a little better than chance (held-out ROC AUC {said}; "
+                   "captions": [base] * 8 + [worst] * 8})]
+    mild = (f"a probe tells {base} images from {worst} images a little better than chance (held-out ROC AUC {said}; "
             f"WARN above {warn:.3f}, FAIL above {threshold:.3f}). What differs most: {clues}; {stats}. A mild shift "
             "(a small gamma or contrast change, another scanner or camera) or a quirk of this sample: worth a look "
             "at the images below, not a blocker.")
