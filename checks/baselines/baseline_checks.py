@@ -250,8 +250,8 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
                         f"(limit {WITNESS_MAX_END_SHARE:.0%})")
         message = (f"{summary}, but it jumped from {losses[0]:.4f} to {peak:.4g} (held from step {at}). The same run with "
                    f"the lr ramped up over its first {details['warmup_witness_steps']} steps {witness_said}: the lr "
-                   "overshoots at the start and trains once past it (common for SGD at 0.1 on BatchNorm nets without "
-                   "warm-up). Not broken; a warm-up tames the start.")
+                   "overshoots at the start and trains once past it (common without a warm-up, e.g. SGD at 0.1 on "
+                   "BatchNorm nets). Not broken; a warm-up tames the start.")
     elif verdict is Verdict.WARN:
         message = (f"{summary}: it falls, but only -{drop:.0%} (a healthy start falls -{min_drop:.0%}). Training is "
                    "slow here: a small learning rate, a long warm-up, or heavy regularisation. Not broken, but "
