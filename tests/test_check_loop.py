@@ -125,22 +125,23 @@ def test_a_loader_the_checks_cannot_read_is_refused_in_one_line(sample, make, wo
     assert words in str(raised.value) and "\n" not in str(raised.value)
 
 
-def test_the_usage_example_runs_as_pasted(sample, tmp_path, monkeypatch):
-    """docs/usage.md's check_loop example, on the script's Net and loaders; a few checks instead of all,
+@pytest.mark.parametrize("page_name", ["docs/usage.md", "README.md"])
+def test_the_usage_example_runs_as_pasted(sample, tmp_path, monkeypatch, page_name):
+    """The check_loop example of docs/usage.md and of the README, on the script's Net and loaders; a few checks instead of all,
     so it stays fast (the full preflight on these objects is the slow test above)."""
     import re
     from pathlib import Path
 
     import checks.integrations.loop as loop
 
-    page = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
-    code = re.search(r"```python\n(.*?)```", page.split("## Your own training loop", 1)[1], re.S).group(1)
+    page = (Path(__file__).resolve().parents[1] / page_name).read_text()
+    code = re.search(r"```python\n(.*?)```", re.split(r"\n#+ Your own training loop\n", page, maxsplit=1)[1], re.S).group(1)
     run = loop.run_preflight_on
     monkeypatch.setattr(loop, "run_preflight_on", lambda *a, **k: run(*a, **{**k, "only": ["label_pairing"]}))
     monkeypatch.chdir(tmp_path)
     train_loader, val_loader, _ = loaders(sample)
     scope = {"Net": Net, "train_loader": train_loader, "val_loader": val_loader}
-    exec(compile(code, "usage.md", "exec"), scope)
+    exec(compile(code, page_name, "exec"), scope)
     assert scope["verdict"].passed and scope["verdict"].report.is_file()
     assert scope["verdict"].pipeline.scheduler_interval == "epoch"
 

@@ -94,16 +94,17 @@ def test_labels_that_count_padding_stop_train_with_undeclared_padding(names, tmp
     assert caught.value.verdict.result("undeclared_padding").verdict is Verdict.FAIL
 
 
-def test_the_usage_example_runs_as_pasted(names, tmp_path, monkeypatch):
-    """docs/usage.md's Hugging Face snippet, exec'd as written with a tiny GPT-2, its TrainingArguments and
+@pytest.mark.parametrize("page_name", ["docs/usage.md", "README.md"])
+def test_the_usage_example_runs_as_pasted(names, tmp_path, monkeypatch, page_name):
+    """The Hugging Face snippet of docs/usage.md and of the README, exec'd as written with a tiny GPT-2, its TrainingArguments and
     the names rows in scope; the run stopped after 2 steps and one check instead of all, so it stays fast."""
     import re
     from pathlib import Path
 
     import checks.integrations.huggingface as huggingface
 
-    page = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
-    code = re.search(r"```python\n(.*?)```", page.split("\n## Hugging Face Trainer", 1)[1], re.S).group(1)
+    page = (Path(__file__).resolve().parents[1] / page_name).read_text()
+    code = re.search(r"```python\n(.*?)```", re.split(r"\n#+ Hugging Face Trainer\n", page, maxsplit=1)[1], re.S).group(1)
     run = huggingface.run_preflight_on
     monkeypatch.setattr(huggingface, "run_preflight_on", lambda *a, **k: run(*a, **{**k, "only": ["causality"]}))
     monkeypatch.chdir(tmp_path)
@@ -119,7 +120,7 @@ def test_the_usage_example_runs_as_pasted(names, tmp_path, monkeypatch):
         return transformers.Trainer(callbacks=[*callbacks, StopAfterTwoSteps()], **kwargs)
 
     scope = {"Trainer": Trainer, "model": model, "args": args, "train": train_rows, "held_out": eval_rows}
-    exec(compile(code, "usage.md", "exec"), scope)
+    exec(compile(code, page_name, "exec"), scope)
     assert scope["trainer"].state.global_step == 2  # the preflight passed and training went on
     assert list((tmp_path / "reports").glob("*/index.html"))  # report_dir="reports" as pasted
 

@@ -239,16 +239,17 @@ def test_a_zoo_bug_in_a_manual_step_stops_fit_with_that_checks_fail(digits, modu
     assert f"/{check} FAIL" in str(raised.value) and words in str(raised.value)
 
 
-def test_the_usage_example_runs_as_pasted(digits, tmp_path, monkeypatch):
-    """docs/usage.md's Lightning snippet, exec'd as written with the docs module and loaders in scope; the
+@pytest.mark.parametrize("page_name", ["docs/usage.md", "README.md"])
+def test_the_usage_example_runs_as_pasted(digits, tmp_path, monkeypatch, page_name):
+    """The Lightning snippet of docs/usage.md and of the README, exec'd as written with the docs module and loaders in scope; the
     Trainer kept short (CPU, 2 batches an epoch) and one check instead of all, so it stays fast."""
     import re
     from pathlib import Path
 
     import checks.integrations.lightning as lightning
 
-    page = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
-    code = re.search(r"```python\n(.*?)```", page.split("\n## Lightning", 1)[1], re.S).group(1)
+    page = (Path(__file__).resolve().parents[1] / page_name).read_text()
+    code = re.search(r"```python\n(.*?)```", re.split(r"\n#+ Lightning\n", page, maxsplit=1)[1], re.S).group(1)
     run = lightning.run_preflight_on
     monkeypatch.setattr(lightning, "run_preflight_on", lambda *a, **k: run(*a, **{**k, "only": ["loss_at_init"]}))
     monkeypatch.chdir(tmp_path)
@@ -259,6 +260,6 @@ def test_the_usage_example_runs_as_pasted(digits, tmp_path, monkeypatch):
                           limit_val_batches=1, num_sanity_val_steps=0)
 
     scope = {"Trainer": Trainer, "model": LitMNIST(), "train_loader": digits[0], "val_loader": digits[1]}
-    exec(compile(code, "usage.md", "exec"), scope)
+    exec(compile(code, page_name, "exec"), scope)
     assert scope["trainer"].global_step == 5 * 2  # max_epochs=5 as pasted, trained after the preflight
     assert list((tmp_path / "reports").glob("*/index.html"))  # report_dir="reports" as pasted
