@@ -34,8 +34,9 @@ from recipe.steps import train_step
 @pytest.mark.parametrize("losses, jumped", [
     ([2.3] + [0.3] * 50 + [5.0] + [0.3] * 50, False),        # one hard batch
     ([2.3] + [0.3] * 50 + [5.0, 0.3, 5.0] + [0.3] * 50, False),  # two, apart
-    ([2.3] + [0.3] * 97 + [5.0, 6.0], False),                 # at the very end: not yet held
+    ([2.3] + [0.3] * 97 + [0.3, 6.0], False),                 # at the very end: not yet held
     ([2.3] + [0.3] * 50 + [5.0, 5.5, 4.9] + [0.3] * 50, True),  # held 3 steps
+    ([2.5, 115.2, 157.6, 2.9, 8.4] + [2.31] * 50, True),       # held 2 steps, and dead at ln 10 after (a BN CNN at SGD 0.5)
     ([2.3, 16.0, 14.0, 9.0, 6.0] + [1.0] * 50, True),         # resnet18's start without warm-up
     ([2.3] + [0.3] * 50 + [math.nan], True),                  # NaN is never a hard batch
 ])
@@ -140,6 +141,8 @@ def test_no_zero_grad_under_clipping_fails_on_a_gpt(reset, verdict):
 @pytest.mark.parametrize("train_drop, val_gain, verdict", [
     (0.18, -0.05, Verdict.WARN),   # residual CNN on the colour digits, seed 2: the weights train, val lags
     (0.005, -0.05, Verdict.FAIL),  # nothing trains: frozen rows and a flat loss
+    (0.18, -0.2, Verdict.FAIL),    # train falls, val collapses 0.20 -> 0.03: labels crossed between splits
+    (1.5, -0.2, Verdict.FAIL),     # a loss with the wrong sign: it "falls" below 0 as val collapses
     (0.0, 0.0, Verdict.FAIL),
     (0.30, 0.25, Verdict.PASS),
 ])
