@@ -34,14 +34,34 @@ from recipe.steps import train_step
 @pytest.mark.parametrize("losses, jumped", [
     ([2.3] + [0.3] * 50 + [5.0] + [0.3] * 50, False),        # one hard batch
     ([2.3] + [0.3] * 50 + [5.0, 0.3, 5.0] + [0.3] * 50, False),  # two, apart
-    ([2.3] + [0.3] * 97 + [0.3, 6.0], False),                 # at the very end: not yet held
+    ([2.3] + [0.3] * 97 + [5.0, 6.0], False),                 # at the very end: not yet held
     ([2.3] + [0.3] * 50 + [5.0, 5.5, 4.9] + [0.3] * 50, True),  # held 3 steps
-    ([2.5, 115.2, 157.6, 2.9, 8.4] + [2.31] * 50, True),       # held 2 steps, and dead at ln 10 after (a BN CNN at SGD 0.5)
     ([2.3, 16.0, 14.0, 9.0, 6.0] + [1.0] * 50, True),         # resnet18's start without warm-up
     ([2.3] + [0.3] * 50 + [math.nan], True),                  # NaN is never a hard batch
 ])
 def test_a_jump_must_hold(losses, jumped):
     assert loss_jumped(losses) is jumped
+
+
+@pytest.mark.parametrize("losses, verdict", [
+    ([2.5, 115.2, 157.6, 2.9, 8.4] + [2.31] * 295, Verdict.FAIL),     # a BN CNN at SGD 0.5: two steps, then ln 10
+    ([2.5, 2.2, 2.3, 9.0] + [2.31] * 296, Verdict.FAIL),              # one step, later, the same end
+    ([2.5, 115.2, 157.6, 2.9, 8.4] + [0.4] * 295, Verdict.PASS),      # the same spike, and the run learns after it
+    ([2.3] + [1.0] * 150 + [9.0] + [0.3] * 148, Verdict.PASS),        # one hard batch in a run that learns
+])
+def test_a_spike_that_leaves_the_run_guessing_is_an_lr_too_high(monkeypatch, linear, losses, verdict):
+    """One hard batch lifts one step; a spike after which the run is stuck where guessing the label frequencies
+    is (a net the step killed) FAILs, held or not."""
+    import checks.baselines.baseline_checks as baselines
+    from checks.measure.reference_run import TrainingRun
+
+    run = TrainingRun(model=nn.Linear(1, 1), losses=losses, plan=None, taken=[], true_class_probability=[],
+                      watched_labels=torch.zeros(16, dtype=torch.long))
+    monkeypatch.setattr(baselines, "reference_run", lambda pipeline: run)
+    monkeypatch.setattr(TrainingRun, "budget_details", property(lambda self: {}))
+    result = baselines.training_loss_decreases(linear)
+    assert result.verdict is verdict, result.message
+    assert ("learning rate is too high" in result.message) is (verdict is Verdict.FAIL)
 
 
 def test_the_jump_is_placed_where_it_held():

