@@ -62,6 +62,8 @@ def test_a_spike_that_leaves_the_run_guessing_is_an_lr_too_high(monkeypatch, lin
     result = baselines.training_loss_decreases(linear)
     assert result.verdict is verdict, result.message
     assert ("learning rate is too high" in result.message) is (verdict is Verdict.FAIL)
+    if verdict is Verdict.FAIL:  # the spike shown is the one that decided, at its own step
+        assert result.details["peak"] == max(losses) and result.details["peak_step"] == losses.index(max(losses)) + 1
 
 
 def test_the_jump_is_placed_where_it_held():

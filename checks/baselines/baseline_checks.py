@@ -186,10 +186,6 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     drop = (first - last) / abs(first) if first != 0 and math.isfinite(first) and math.isfinite(last) else -math.inf
     peak, at = peak_loss(losses), peak_step(losses)  # held for 3 steps: one hard batch is not a jump
     jumped, held = loss_jumped(losses), "held from"
-    series = {"loss": losses}
-    details = {"first_window": first, "last_window": last, "drop": drop, "peak": peak, "peak_step": at,
-               "warn_threshold": min_drop,
-               **run.budget_details}
     # A jump the user's own run came back from may be a start-up overshoot only: the witness run with a warm-up
     # tells. Came back: its end is under what guessing the train label frequencies costs (cross-entropy; the
     # first loss if lower, for other losses), by the least progress the check accepts. A run the jump left
@@ -201,6 +197,9 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
         # suspect, held or not (a BN CNN at SGD 0.5: 2.5 -> 115 -> 158 for two steps, then ln 10 to the end).
         jumped, (peak, at), held = True, spike(losses), "at"
     recovered = jumped and came_back
+    series = {"loss": losses}
+    details = {"first_window": first, "last_window": last, "drop": drop, "peak": peak, "peak_step": at,
+               "warn_threshold": min_drop, **run.budget_details}
     if recovered:
         warmup, ramped, rise = warmup_witness(pipeline, steps)
         series[f"lr ramped over {warmup} steps"] = ramped
