@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from checks.baselines.baseline_checks import input_independent_baseline, prediction_dynamics
+from checks.baselines.baseline_checks import input_independent_baseline
+from checks.baselines.prediction_checks import prediction_dynamics
 from checks.engine.result import Verdict
 from checks.measure.batchnorm import judged_copy
 from checks.skeleton.skeleton_checks import determinism

@@ -172,14 +172,14 @@ def test_prediction_dynamics_blames_the_code_only_when_the_training_loss_is_flat
                                                                                      val_gain, verdict):
     """A few val examples that have not improved after a short run FAIL only when the training loss did not
     fall either; otherwise the model trains and they lag (WARN)."""
-    import checks.baselines.baseline_checks as baselines
+    import checks.baselines.prediction_checks as predictions
     from checks.measure.reference_run import TrainingRun
 
     losses = [2.3] * 20 + [2.3 * (1 - train_drop)] * 20
     snapshots = [torch.full((16,), 0.2 + val_gain * i / 4) for i in range(5)]
     run = TrainingRun(model=nn.Linear(1, 1), losses=losses, plan=None, taken=[0, 10, 20, 30, 40],
                       true_class_probability=snapshots, watched_labels=torch.zeros(16, dtype=torch.long))
-    monkeypatch.setattr(baselines, "reference_run", lambda pipeline: run)
+    monkeypatch.setattr(predictions, "reference_run", lambda pipeline: run)
     monkeypatch.setattr(TrainingRun, "budget_details", property(lambda self: {}))
-    result = baselines.prediction_dynamics(linear)
+    result = predictions.prediction_dynamics(linear)
     assert result.verdict is verdict, result.message

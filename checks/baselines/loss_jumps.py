@@ -14,6 +14,20 @@ from checks.measure.reference_run import budgeted_training
 from recipe.pipeline import Pipeline
 
 
+LOSS_WINDOW = 20  # steps averaged at each end of a training run's loss curve
+
+
+def last_window_mean(losses: list[float], window: int = LOSS_WINDOW) -> float:
+    tail = losses[-window:]
+    return sum(tail) / len(tail)
+
+
+def train_drop(losses: list[float], window: int = LOSS_WINDOW) -> float:
+    """How much the mean loss of the last window fell below the first's, as a share (-inf when not finite)."""
+    first, last = sum(losses[:window]) / len(losses[:window]), last_window_mean(losses, window)
+    return (first - last) / abs(first) if first != 0 and math.isfinite(first) and math.isfinite(last) else -math.inf
+
+
 HELD = 3  # steps a jump must last: one hard batch lifts one step's loss (a batch of 16 with one confident mistake)
 
 

@@ -11,6 +11,7 @@ from checks.data import label_checks as labels
 from checks.skeleton import loader_checks as loader
 from checks.skeleton import loop_checks as loop
 from checks.baselines import plan_checks as plan
+from checks.baselines import prediction_checks as predictions
 from checks.skeleton import schedule_checks as schedule
 from checks.data import shift_checks as shift
 from checks.skeleton import skeleton_checks as skeleton
@@ -37,7 +38,7 @@ CHECKS_BY_STAGE = {
                  sequence_skeleton.causality, sequence_skeleton.position_used,
                  padding.padding_masked],
     "baselines": [baselines.input_independent_baseline, overfit.overfit_one_batch,
-                  baselines.training_loss_decreases, baselines.prediction_dynamics, plan.run_length,
+                  baselines.training_loss_decreases, predictions.prediction_dynamics, plan.run_length,
                   step.train_mode_kept,
                   sequence_baselines.beats_ngram_baselines],
 }
