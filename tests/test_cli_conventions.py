@@ -121,6 +121,9 @@ def test_a_piped_run_prints_one_line_per_check_and_per_epoch(piped_run):
     assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
     assert all(re.search(r"train loss \d\.\d{4}, val loss \d\.\d{4}, val accuracy 0\.\d{4}", e) for e in epochs)
     assert lines.index(progress[-1]) < lines.index(epochs[0])
+    said = [i for i, line in enumerate(lines) if line.startswith("preflight ")]  # the verdict, before training
+    assert len(said) == 1 and lines.index(progress[-1]) < said[0] < lines.index(epochs[0])
+    assert re.fullmatch(rf"preflight (PASS|WARN) \({len(CHECKS)} checks: .*\): training 2 epochs", lines[said[0]])
 
 
 @pytest.mark.slow

@@ -28,6 +28,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"preflight {verdict_line(preflight.results)}: not training. Fix the failing checks "
               f"(or pass --force); report: {index}", file=sys.stderr)
         return EXIT_FAILED
+    say(args, f"preflight {verdict_line(preflight.results)}: " +
+        ("training despite failing checks (--force); the report will say so" if not preflight.passed else
+         f"training {pipeline.config.epochs} epochs"))
     return train_and_report(args, pipeline, preflight, forced=not preflight.passed)
 
 
