@@ -7,7 +7,8 @@ import math
 from checks.engine.kinds import applies_to
 from checks.baselines.token_baseline import TOKEN_MIN_LOSS_SHARE, counted_token_pass
 from checks.baselines.loss_jumps import (LOSS_WINDOW, WITNESS_MAX_END_SHARE, WITNESS_MAX_RISE, last_window_mean,
-                                         loss_jumped, peak_loss, peak_step, prior_entropy, spike, warmup_witness)
+                                         loss_jumped, peak_loss, peak_step, prior_entropy, spike, train_drop,
+                                         warmup_witness)
 from checks.measure.reference_run import budgeted_training, reference_run
 from checks.engine.result import CheckResult, Figure, Verdict
 from checks.measure.batchnorm import judged_copy
@@ -165,9 +166,7 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     """
     run = reference_run(pipeline)
     losses, steps = run.losses, run.steps
-    first = sum(losses[:window]) / window
-    last = sum(losses[-window:]) / window
-    drop = (first - last) / abs(first) if first != 0 and math.isfinite(first) and math.isfinite(last) else -math.inf
+    first, last, drop = sum(losses[:window]) / window, last_window_mean(losses, window), train_drop(losses, window)
     peak, at = peak_loss(losses), peak_step(losses)  # held for 3 steps: one hard batch is not a jump
     jumped, held = loss_jumped(losses), "held from"
     # A jump the user's own run came back from may be a start-up overshoot only: the witness run with a warm-up
@@ -176,10 +175,11 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     # guessing (a dead net at ln C) FAILs without asking, whatever a warm-up would have done.
     came_back_below = min(abs(losses[0]), prior_entropy(pipeline)) * (1 - min_progress)
     came_back = math.isfinite(last) and 0 <= last <= came_back_below
-    if not jumped and not came_back and last >= 0 and spike(losses)[0] > 2 * abs(losses[0]):
+    top, top_step = spike(losses)
+    if not jumped and not came_back and last >= 0 and top > 2 * abs(losses[0]):
         # One hard batch lifts one step and the run goes on learning; a spike that left the run guessing is the
         # suspect, held or not (a BN CNN at SGD 0.5: 2.5 -> 115 -> 158 for two steps, then ln 10 to the end).
-        jumped, (peak, at), held = True, spike(losses), "at"
+        jumped, peak, at, held = True, top, top_step, "at"
     recovered = jumped and came_back
     series = {"loss": losses}
     details = {"first_window": first, "last_window": last, "drop": drop, "peak": peak, "peak_step": at,

@@ -47,20 +47,20 @@ def prediction_dynamics(pipeline: Pipeline, min_gain: float = 0.1, min_progress:
     # these 16 examples 0.20 -> 0.15), not the frozen or lr-starved run a FAIL names. The bar is then that val
     # keeps half its start: losing more while train falls is learning away from the truth (a label map crossed
     # between splits, a loss with the wrong sign: 0.10 -> 0.00).
-    bar = -start * max_loss_share if drop >= min_train_drop else min_progress
+    trains, lags = drop >= min_train_drop, gain < min_progress
+    bar = -start * max_loss_share if trains and lags else min_progress
     if gain >= min_gain:
         verdict, message = Verdict.PASS, (f"{went}. Read the figure: rows should warm up steadily; flickering means "
                                           "the learning rate is too high.")
     elif gain >= min_progress:
-        bar, verdict, message = min_progress, Verdict.WARN, (
-            f"{went} (a healthy start gains +{min_gain}): predictions improve, slowly. A small learning rate or a "
-            "long warm-up; check the lr before a long run.")
-    elif drop >= min_train_drop and gain >= bar:
+        verdict, message = Verdict.WARN, (f"{went} (a healthy start gains +{min_gain}): predictions improve, slowly. "
+                                          "A small learning rate or a long warm-up; check the lr before a long run.")
+    elif trains and gain >= bar:
         details["train_loss_drop"] = drop
         verdict, message = Verdict.WARN, (f"{went}, though the training loss fell {drop:.0%} over the same run: "
                                           "the model trains, and these val examples have not followed yet. A slow "
                                           "start, or it fits train before val; watch the val loss in the real run.")
-    elif drop >= min_train_drop:
+    elif trains:
         details["train_loss_drop"] = drop
         verdict, message = Verdict.FAIL, (f"predictions got worse on val while the training loss fell {drop:.0%}: "
                                           f"{went}, more than {max_loss_share:.0%} of where it started lost. The "
