@@ -20,6 +20,7 @@ from recipe.data import load_data
 from recipe.datasets import bundle_from_datasets
 from recipe.errors import DataError
 from recipe.pipeline import default_pipeline, mlp_pipeline
+from tests.conftest import needs_system_package
 from tests.seeds import EVIDENCE_SEEDS
 from tests.synthetic import write_cifar10, write_image_folder
 
@@ -143,7 +144,7 @@ def test_the_readme_folder_walkthrough_passes_and_shows_colour(tmp_path, monkeyp
     record = json.loads((run_dir / "results.json").read_text())
     assert record["overall"] == "PASS" and record["data"]["source"] == "folder"
     if not Path(chromium).exists():
-        pytest.skip("needs Debian's chromium for the colour check")
+        needs_system_package("needs Debian's chromium for the colour check (apt-get install chromium)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:

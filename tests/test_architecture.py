@@ -141,3 +141,16 @@ def test_no_child_is_started_with_a_preexec_fn():
     users = [str(path.relative_to(REPO)) for folder in ("recipe", "checks", "tests", "bench") for path in
              (REPO / folder).rglob("*.py") if "preexec_fn=" in path.read_text() and path.name not in exempt]
     assert users == []
+
+
+def test_a_missing_system_package_skips_locally_and_fails_in_ci(monkeypatch):
+    """The Fashion-MNIST and chromium tests cannot pass CI by skipping: .ci/run sets RECIPE_CI=1."""
+    from tests.conftest import needs_system_package
+
+    monkeypatch.delenv("RECIPE_CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        needs_system_package("no chromium")
+    monkeypatch.setenv("RECIPE_CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="no chromium"):
+        needs_system_package("no chromium")
+    assert "export RECIPE_CI=1" in (REPO / ".ci" / "run").read_text()

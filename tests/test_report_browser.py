@@ -8,13 +8,18 @@ from pathlib import Path
 import pytest
 
 from checks.cli.main import main
+from tests.conftest import needs_system_package
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
+
+
+@pytest.fixture(autouse=True)
+def chromium_installed():
+    if not Path(CHROMIUM).exists():
+        needs_system_package("needs Debian's chromium (apt-get install chromium)")
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from checks import run_all
 from checks.engine.result import Verdict
 from checks.engine.runner import run_check
 from checks.engine.registry import CHECKS
+from tests.conftest import needs_system_package
 from tests.seeds import EVIDENCE_SEEDS
 from tests.test_verdicts import assert_rows_agree
 from tests.zoo.catalogue import (CLEAN, COLOUR_DIGITS, DATA_SETS, ZOO, clean_pipelines, detection_rate, run_zoo,
@@ -48,7 +49,7 @@ def fashion():
     try:
         return load_data("fashion-mnist", download=False)
     except DataError as err:
-        pytest.skip(f"full Fashion-MNIST is not installed: {err}")
+        needs_system_package(f"full Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): {err}")
 
 
 def _failures(results) -> str:
