@@ -155,3 +155,44 @@ def test_a_cold_check_on_a_terminal_starts_nothing_in_the_background(tmp_path):
         assert kinds == ["cold", "cold"], first.stdout
     finally:
         recipe(env, "warm", "--stop")
+
+
+def test_the_socket_is_gone_before_stop_answers(tmp_path, monkeypatch):
+    """`recipe warm --stop` returns once told "stopped"; the socket must be gone by then, or a command
+    started right after connects to a process that is exiting (seen as a flaky CI teardown)."""
+    import threading
+
+    from checks.cli import warm_server
+    from recipe import warm
+
+    folder = tmp_path / "warm"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("RECIPE_WARM_DIR", str(folder))
+    path = warm.socket_path()
+    seen = []
+    send = warm._send
+
+    def watching_send(conn, message, fds=()):
+        if message.get("stopped"):
+            seen.append(path.exists())
+        send(conn, message, fds)
+
+    monkeypatch.setattr(warm, "_send", watching_send)
+
+    def stop_once_ready():
+        for _ in range(400):
+            if path.exists():
+                seen.append(warm.stop())
+                return
+            time.sleep(0.025)
+
+    client = threading.Thread(target=stop_once_ready)
+    client.start()
+    previous = signal.getsignal(signal.SIGCHLD)
+    try:
+        warm_server.serve(lambda: None, lambda argv, started: 0)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+        client.join()
+    assert seen == [False, True]  # no socket when "stopped" went out; the client was answered
+    assert not path.exists()

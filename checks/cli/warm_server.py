@@ -49,6 +49,7 @@ def serve(preload: Callable[[], None], run: Callable[[list[str], float], int]) -
                     warm._send(conn, {"pong": True})
                     continue
                 if request.get("stop"):
+                    _release(path, mine)  # before answering: once told "stopped", no socket of ours is left
                     warm._send(conn, {"stopped": True})
                     return
                 if os.fork() == 0:
@@ -57,11 +58,16 @@ def serve(preload: Callable[[], None], run: Callable[[list[str], float], int]) -
                 for fd in fds:
                     os.close(fd)
     finally:
-        try:
-            if path.stat().st_ino == mine:  # a newer warm process may have taken the name since
-                path.unlink()
-        except OSError:
-            pass
+        _release(path, mine)
+
+
+def _release(path, mine: int) -> None:
+    """Remove the socket's name, unless a newer warm process has taken it since."""
+    try:
+        if path.stat().st_ino == mine:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def _run_child(conn: socket.socket, request: dict, fds: list[int], run: Callable[[list[str], float], int]) -> None:
