@@ -268,3 +268,45 @@ def test_a_zero_own_gradient_from_dead_relus_names_them(mlp, make):
     assert "dead" in result.message
     if make in (constant_second_layer, constant_everywhere):
         assert "constant value" in result.message
+
+
+class FrozenExtractor(nn.Module):
+    """A feature extractor run under no_grad, a head trained on top: the input gets no gradient at all."""
+
+    def __init__(self, n, c, mix_batch=False, ignore_input=False):
+        super().__init__()
+        self.backbone, self.head = nn.Sequential(nn.Flatten(), nn.Linear(n, 64), nn.ReLU()), nn.Linear(64, c)
+        self.mix_batch, self.ignore_input = mix_batch, ignore_input
+
+    def forward(self, x):
+        with torch.no_grad():
+            features = self.backbone(torch.zeros_like(x) if self.ignore_input else x)
+        if self.mix_batch:  # a bug: every example sees the batch mean
+            features = features + features.mean(0, keepdim=True)
+        return self.head(features)
+
+
+class DetachedMiddle(nn.Module):
+    """An MLP whose hidden activation is detached: its first layer never trains (gradient_flow's fault)."""
+
+    def __init__(self, n, c):
+        super().__init__()
+        self.first, self.second = nn.Sequential(nn.Flatten(), nn.Linear(n, 64), nn.ReLU()), nn.Linear(64, c)
+
+    def forward(self, x):
+        return self.second(self.first(x).detach())
+
+
+@pytest.mark.parametrize("make", [lambda n, c: FrozenExtractor(n, c), DetachedMiddle], ids=["no-grad-extractor",
+                                                                                          "detached-middle"])
+def test_an_input_without_gradient_is_judged_by_changing_inputs(mlp, make):
+    """It used to crash (x.grad is None): an ERROR on code that runs."""
+    result = batch_independence(with_model(mlp, make))
+    assert result.verdict is Verdict.PASS, result.message
+    assert result.details["input_gets_no_gradient"] and "graph is cut" in result.message
+
+
+@pytest.mark.parametrize("fault, words", [("mix_batch", "other examples"), ("ignore_input", "ignores its input")])
+def test_behind_a_cut_graph_mixing_or_ignoring_the_input_still_fails(mlp, fault, words):
+    result = batch_independence(with_model(mlp, lambda n, c: FrozenExtractor(n, c, **{fault: True})))
+    assert result.verdict is Verdict.FAIL and words in result.message, result.message

@@ -165,7 +165,8 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
                 parameter.normal_(0, 0.01)
     example = min(example, len(batch.x) - 1)
     if not batch.x.is_floating_point():  # token ids have no gradient: change the ids and watch the output
-        return _ids_independence(pipeline, model, batch.x, example)
+        with torch.no_grad():
+            return _changed_inputs_independence(pipeline, model, batch.x, example)
     zero_inputs: list[str] = []  # modules, in call order, whose input is all zero for the example
 
     def record(name: str):
@@ -182,7 +183,11 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
     finally:
         for handle in handles:
             handle.remove()
-    out[example].sum().backward()
+    if out.requires_grad:
+        out[example].sum().backward()
+    if x.grad is None:  # the graph is cut before any weight that sees x (a no_grad feature extractor): change inputs
+        with torch.no_grad():
+            return _changed_inputs_independence(pipeline, model, x.detach(), example, cut=True)
     grads = x.grad.reshape(len(x), -1).abs().sum(1)
     others = torch.cat([grads[:example], grads[example + 1:]])
     own = grads[example].item()
@@ -211,17 +216,22 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
                        f"{len(others)} examples is 0).", details=details)
 
 
-@torch.no_grad()
-def _ids_independence(pipeline: Pipeline, model: nn.Module, x: torch.Tensor, example: int) -> CheckResult:
-    """batch_independence for integer inputs (token ids): replace the other examples' ids by random ones,
-    then the example's own, and see which change moves the example's output beyond float noise."""
+def _changed_inputs_independence(pipeline: Pipeline, model: nn.Module, x: torch.Tensor, example: int,
+                                 cut: bool = False) -> CheckResult:
+    """batch_independence without gradients: for token ids (they have none), or inputs the graph is cut from
+    (`cut`). Change the other examples' inputs, then the example's own, and see which change moves the
+    example's output beyond float noise. Ids become other random ids; float inputs get noise of their spread."""
     generator = torch.Generator().manual_seed(pipeline.config.seed)
+    spread = x.float().std().item() or 1.0
 
     def moved(rows: list[int]) -> float:
         changed = x.clone()
-        for row in rows:  # every id changed, so the change cannot be a no-op
-            shift = torch.randint(1, pipeline.num_classes, x[row].shape, generator=generator).to(x.device)
-            changed[row] = (x[row] + shift) % pipeline.num_classes
+        for row in rows:  # every id or value changed, so the change cannot be a no-op
+            if x.is_floating_point():
+                changed[row] = x[row] + spread * torch.randn(x[row].shape, generator=generator).to(x)
+            else:
+                shift = torch.randint(1, pipeline.num_classes, x[row].shape, generator=generator).to(x.device)
+                changed[row] = (x[row] + shift) % pipeline.num_classes
         return (forward_logits(model, changed)[example].float() - base).abs().max().item()
 
     base = forward_logits(model, x)[example].float()
@@ -230,20 +240,23 @@ def _ids_independence(pipeline: Pipeline, model: nn.Module, x: torch.Tensor, exa
     # all others at once first (clean models stop here); then one by one, the first 8 only: enough to name them
     leaked = [i for i in others[:8] if moved([i]) > noise] or [-1] if moved(others) > noise else []
     own = moved([example])
-    details = {"own_change": own, "examples_reached": len(leaked), "noise": noise}
+    details = {"own_change": own, "examples_reached": len(leaked), "noise": noise, "input_gets_no_gradient": cut}
+    what = ("value" if cut else "id") + f" of example {example}"
+    note = (" (its input gets no gradient: the graph is cut before the first weights that see it, as a no_grad "
+            "feature extractor does; judged by changing inputs instead)") if cut else ""
     if own <= noise:
         return CheckResult("batch_independence", STAGE, Verdict.FAIL, own, noise, ">",
-                           f"changing every id of example {example} leaves its output unchanged (by {own:.2g}): the "
+                           f"changing every {what} leaves its output unchanged (by {own:.2g}): the "
                            "model ignores its input (the input is detached, replaced or unused).", details=details)
     if leaked:
         return CheckResult("batch_independence", STAGE, Verdict.FAIL, float(len(leaked)), 0.0, "==",
-                           f"example {example}'s output changes when the ids of the other examples change ("
+                           f"example {example}'s output changes when the inputs of the other examples change{note} ("
                            f"{len([i for i in leaked if i >= 0])} of the first {min(8, len(others))} one by one): "
                            "information is mixed across the batch (attention or a reshape over the batch dimension, "
                            "a view where a transpose was needed).", details=details)
     return CheckResult("batch_independence", STAGE, Verdict.PASS, 0.0, 0.0, "==",
-                       f"example {example}'s output moves when its own ids change ({own:.2g}) and not when the ids "
-                       f"of the other {len(others)} examples change.", details=details)
+                       f"example {example}'s output moves when its own inputs change ({own:.2g}) and not when the "
+                       f"inputs of the other {len(others)} examples change{note}.", details=details)
 
 
 @applies_to("image", "features", "tokens")
