@@ -310,3 +310,26 @@ def test_an_input_without_gradient_is_judged_by_changing_inputs(mlp, make):
 def test_behind_a_cut_graph_mixing_or_ignoring_the_input_still_fails(mlp, fault, words):
     result = batch_independence(with_model(mlp, lambda n, c: FrozenExtractor(n, c, **{fault: True})))
     assert result.verdict is Verdict.FAIL and words in result.message, result.message
+
+
+class DropoutInEvalToo(nn.Module):
+    """Dropout forced on in forward (an MC-dropout leftover): evaluation draws random numbers too."""
+
+    def __init__(self, n, c):
+        super().__init__()
+        self.net, self.drop = nn.Sequential(nn.Flatten(), nn.Linear(n, 64), nn.ReLU()), nn.Dropout(0.2)
+        self.head = nn.Linear(64, c)
+
+    def forward(self, x):
+        self.drop.train()
+        return self.head(self.drop(self.net(x)))
+
+
+def test_a_random_layer_left_on_in_eval_is_named_when_two_seeded_runs_differ(mlp):
+    """The reference run evaluates between steps and the short rerun does not: a layer that draws in eval mode
+    shifts the draws that follow, and the runs differ. The message used to name only unseeded RNGs."""
+    from checks.skeleton.skeleton_checks import determinism
+
+    result = determinism(with_model(mlp, DropoutInEvalToo))
+    assert result.verdict is Verdict.FAIL and "active in eval mode" in result.message, result.message
+    assert determinism(mlp).verdict is Verdict.PASS

@@ -32,7 +32,9 @@ def determinism(pipeline: Pipeline, steps: int = 20) -> CheckResult:
     ok = f"two runs with seed {pipeline.config.seed} gave identical losses for all {steps} steps."
     fail = (f"two runs with the same seed diverge at step {differing[0] + 1 if differing else '?'} "
             f"({len(differing)} of {steps} losses differ). Something is not seeded: an unseeded RNG in the "
-            "loader or augmentation, a model built outside the seeded factory, or non-deterministic kernels.")
+            "loader or augmentation, a model built outside the seeded factory, non-deterministic kernels, or a random "
+            "layer left active in eval mode (dropout, noise), whose draws during evaluation shift the next steps "
+            "(eval_determinism tells).")
     figure = Figure("lines", "loss per step, two runs with the same seed", {"series": {"run 1": first, "run 2": second},
                                                                             "xlabel": "step", "ylabel": "loss"})
     return measured("determinism", STAGE, float(len(differing)), 0.0, "==", ok, fail, figures=[figure])
