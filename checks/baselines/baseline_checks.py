@@ -180,7 +180,16 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
         # One hard batch lifts one step and the run goes on learning; a spike that left the run guessing is the
         # suspect, held or not (a BN CNN at SGD 0.5: 2.5 -> 115 -> 158 for two steps, then ln 10 to the end).
         jumped, peak, at, held = True, top, top_step, "at"
-    recovered = jumped and came_back
+    # A jump the run had not come back from by its end is put to the witness too while the run was still coming
+    # back, or was cut short by the model's FLOPs: resnet18 at SGD 0.1 without warm-up (seed 4) went 2.67 -> 9.6
+    # and sat near ln 10 to the end of its 60 steps, too few to tell a slow recovery from a dead net. A net the
+    # jump killed in a full-length run sits at ln C (a BN CNN at SGD 0.5, 295 steps): it is dead as configured,
+    # whatever a warm-up would have done, and FAILs.
+    before_last = losses[-2 * window:-window]
+    still_falling = (len(losses) >= 2 * window and math.isfinite(last)
+                     and last <= sum(before_last) / len(before_last) * (1 - min_progress))
+    cut_short = run.plan is not None and run.plan.steps < run.plan.asked
+    recovered = jumped and last >= 0 and math.isfinite(peak) and (came_back or still_falling or cut_short)
     series = {"loss": losses}
     details = {"first_window": first, "last_window": last, "drop": drop, "peak": peak, "peak_step": at,
                "warn_threshold": min_drop, **run.budget_details}
@@ -196,13 +205,17 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
         why = "the loss went negative: it has the wrong sign"
     elif recovered:
         rise = details["warmup_witness_rise"]
-        climbed = ("jumped again" if not math.isfinite(rise) else
+        climbed = ("jumped again" if not math.isfinite(rise) else "never climbed back" if rise <= WITNESS_MAX_RISE else
                    f"still climbed back ({rise:.0%} of its first loss above its best, limit {WITNESS_MAX_RISE:.0%})")
+        ramped_end = details["warmup_witness_last_window"]
         why = (f"the loss jumped from {losses[0]:.4f} at the first step to {peak:.4g} ({held} step {at}), more than "
-               "twice its start, and "
-               f"with the lr ramped up over the first {details['warmup_witness_steps']} steps the loss {climbed} and "
-               f"ended at {details['warmup_witness_last_window']:.4f}, not half of {last:.4f}: the learning rate is "
-               "too high, not just at the start")
+               "twice its start, " + ("and " if came_back else f"ended at {last:.4f}, not under {came_back_below:.4f} "
+                                      f"(what guessing the label frequencies costs, less {min_progress:.0%}), and ")
+               + f"with the lr ramped up over the first {details['warmup_witness_steps']} steps the loss {climbed} and "
+               + (f"ended at {ramped_end:.4f}, not under {came_back_below:.4f} either" if ramped_end > came_back_below
+                  else f"ended at {ramped_end:.4f}, not half of {last:.4f}")
+               + (": the learning rate is too high, not just at the start" if came_back else
+                  ": the learning rate is too high (it overshoots and does not recover)"))
     elif jumped:
         why = (f"the loss jumped from {losses[0]:.4f} at the first step to {peak:.4g} ({held} step {at}), more than "
                "twice its start, and "
@@ -220,7 +233,9 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     elif jumped:
         ratio = peak / abs(losses[0]) if math.isfinite(peak) and losses[0] != 0 else math.inf
         value, threshold, comparison, verdict = ratio, 2.0, "<=", Verdict.FAIL
-        if recovered and details["warmup_witness_rise"] <= WITNESS_MAX_RISE:  # the number that decided: the ramped run's
+        # Not back by the run's end: a warm-up that keeps the loss from climbing must also take it past guessing.
+        witness_back = recovered and (came_back or details["warmup_witness_last_window"] <= came_back_below)
+        if witness_back and details["warmup_witness_rise"] <= WITNESS_MAX_RISE:  # the number that decided: the ramped run's
             value, threshold, verdict = details["warmup_witness_rise"], WITNESS_MAX_RISE, Verdict.WARN
         elif recovered and details["warmup_witness_end_share"] <= WITNESS_MAX_END_SHARE:
             value, threshold, verdict = details["warmup_witness_end_share"], WITNESS_MAX_END_SHARE, Verdict.WARN
@@ -236,10 +251,16 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
                         if threshold == WITNESS_MAX_RISE else
                         f"ended at {details['warmup_witness_last_window']:.4f}, {value:.0%} of the loss without it "
                         f"(limit {WITNESS_MAX_END_SHARE:.0%})")
-        message = (f"{summary}, but it jumped from {losses[0]:.4f} to {peak:.4g} ({held} step {at}). The same run with "
+        not_back = "" if came_back else (f", and was not yet back under {came_back_below:.4f} (guessing the label "
+                                         f"frequencies) by step {steps}" + (", where the model's FLOPs cut this run"
+                                                                            if cut_short else ""))
+        message = (f"{summary}, but it jumped from {losses[0]:.4f} to {peak:.4g} ({held} step {at}){not_back}. The same run with "
                    f"the lr ramped up over its first {details['warmup_witness_steps']} steps {witness_said}: the lr "
-                   "overshoots at the start and trains once past it (common without a warm-up, e.g. SGD at 0.1 on "
-                   "BatchNorm nets). Not broken; a warm-up tames the start.")
+                   + ("overshoots at the start and trains once past it (common without a warm-up, e.g. SGD at 0.1 on "
+                      "BatchNorm nets). Not broken; a warm-up tames the start." if came_back else
+                      "overshoots at the start, and a warm-up trains it (common without one, e.g. SGD at 0.1 on "
+                      "BatchNorm nets). Whether the run comes back without one, these steps cannot tell: add a "
+                      "warm-up, or --check-steps N to watch longer."))
     elif verdict is Verdict.WARN:
         message = (f"{summary}: it falls, but only -{drop:.0%} (a healthy start falls -{min_drop:.0%}). Training is "
                    "slow here: a small learning rate, a long warm-up, or heavy regularisation. Not broken, but "
