@@ -189,7 +189,10 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     still_falling = (len(losses) >= 2 * window and math.isfinite(last)
                      and last <= sum(before_last) / len(before_last) * (1 - min_progress))
     cut_short = run.plan is not None and run.plan.steps < run.plan.asked
-    recovered = jumped and last >= 0 and math.isfinite(peak) and (came_back or still_falling or cut_short)
+    # ...and only once back under the jump's bar: a loss falling from 2,000 to 939 (the lr x10 each epoch) is no
+    # recovery, whatever a warm-up would do.
+    coming_back = last <= 2 * abs(losses[0]) and (still_falling or cut_short)
+    recovered = jumped and last >= 0 and math.isfinite(peak) and (came_back or coming_back)
     series = {"loss": losses}
     details = {"first_window": first, "last_window": last, "drop": drop, "peak": peak, "peak_step": at,
                "warn_threshold": min_drop, **run.budget_details}
