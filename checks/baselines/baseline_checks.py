@@ -172,7 +172,7 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     # A jump the user's own run came back from may be a start-up overshoot only: the witness run with a warm-up
     # tells. Came back: its end is under what guessing the train label frequencies costs (cross-entropy; the
     # first loss if lower, for other losses), by the least progress the check accepts. A run the jump left
-    # guessing (a dead net at ln C) FAILs without asking, whatever a warm-up would have done.
+    # guessing is asked only while it may still be coming back (below).
     came_back_below = min(abs(losses[0]), prior_entropy(pipeline)) * (1 - min_progress)
     came_back = math.isfinite(last) and 0 <= last <= came_back_below
     top, top_step = spike(losses)

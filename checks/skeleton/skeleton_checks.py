@@ -167,8 +167,7 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
                 parameter.normal_(0, 0.01)
     example = min(example, len(batch.x) - 1)
     if not batch.x.is_floating_point():  # token ids have no gradient: change the ids and watch the output
-        with torch.no_grad():
-            return _changed_inputs_independence(pipeline, model, batch.x, example)
+        return _changed_inputs_independence(pipeline, model, batch.x, example)
     zero_inputs: list[str] = []  # modules, in call order, whose input is all zero for the example
 
     def record(name: str):
@@ -188,8 +187,7 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
     if out.requires_grad:
         out[example].sum().backward()
     if x.grad is None:  # the graph is cut before any weight that sees x (a no_grad feature extractor): change inputs
-        with torch.no_grad():
-            return _changed_inputs_independence(pipeline, model, x.detach(), example, cut=True)
+        return _changed_inputs_independence(pipeline, model, x.detach(), example, cut=True)
     grads = x.grad.reshape(len(x), -1).abs().sum(1)
     others = torch.cat([grads[:example], grads[example + 1:]])
     own = grads[example].item()
@@ -218,6 +216,7 @@ def batch_independence(pipeline: Pipeline, example: int = 3) -> CheckResult:
                        f"{len(others)} examples is 0).", details=details)
 
 
+@torch.no_grad()
 def _changed_inputs_independence(pipeline: Pipeline, model: nn.Module, x: torch.Tensor, example: int,
                                  cut: bool = False) -> CheckResult:
     """batch_independence without gradients: for token ids (they have none), or inputs the graph is cut from
