@@ -4,34 +4,26 @@ with -100 on padding). Clean: the sequence checks run before the first step and 
 bug (a custom attention mask that forgot causality) stops train() with causality's FAIL; force=True trains."""
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from checks.engine.result import Verdict
+from checks.integrations.loop import PreflightFailed
+from recipe.all_sources import load_source
 
-from checks.engine.result import Verdict  # noqa: E402
-from checks.integrations.huggingface import RecipeTrainerCallback  # noqa: E402
-from checks.integrations.loop import PreflightFailed  # noqa: E402
-from recipe.all_sources import load_source  # noqa: E402
+pytestmark = pytest.mark.skipif(find_spec("transformers") is None, reason="needs transformers: pip install -e '.[test]'")
 
 SEQUENCE_CHECKS = ("causality", "loss_at_init")
 
 
-class PeekingGPT2(transformers.GPT2LMHeadModel):
-    """A custom mask that forgot causality: every position sees the whole row (padding still masked)."""
+@pytest.fixture(scope="module")
+def hf():
+    """transformers, the tiny GPT-2 and its bug (tests/hf_models.py), imported when a test here runs."""
+    from tests import hf_models
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        if attention_mask is not None and attention_mask.dim() == 2:
-            keys = attention_mask.bool()[:, None, None, :]
-            attention_mask = keys.expand(-1, 1, input_ids.shape[1], -1)
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
-
-
-class StopAfterTwoSteps(transformers.TrainerCallback):
-    """The run is configured in full (3 epochs: the checks judge its length); the test trains 2 steps of it."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        control.should_training_stop = state.global_step >= 2
+    return hf_models
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +39,10 @@ def names():
     return rows(data.train, 2048), rows(data.val, 128), data.num_classes, data.pad_id
 
 
-def train(model_class, names, tmp_path, callback):
-    train_rows, eval_rows, vocab, pad_id = names
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab, n_positions=64,
-                                     pad_token_id=pad_id)
-    model = model_class(config)
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=3, learning_rate=3e-3,
-                                          per_device_train_batch_size=16, report_to=[], use_cpu=True,
-                                          save_strategy="no", disable_tqdm=True)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=train_rows, callbacks=[callback, StopAfterTwoSteps()])
-    trainer.train()
-    return trainer
-
-
 @pytest.mark.slow
-def test_the_clean_tiny_gpt2_passes_and_trains(names, tmp_path):
-    callback = RecipeTrainerCallback(eval_dataset=names[1])
-    trainer = train(transformers.GPT2LMHeadModel, names, tmp_path, callback)
+def test_the_clean_tiny_gpt2_passes_and_trains(hf, names, tmp_path):
+    callback = hf.RecipeTrainerCallback(eval_dataset=names[1])
+    trainer = hf.train("GPT2LMHeadModel", names, tmp_path, callback)
     verdict = callback.verdict
     assert verdict is not None and verdict.passed, verdict.failure_line()
     for name in SEQUENCE_CHECKS:
@@ -72,30 +50,30 @@ def test_the_clean_tiny_gpt2_passes_and_trains(names, tmp_path):
     assert trainer.state.global_step == 2  # training went on after the preflight
 
 
-def test_a_non_causal_mask_stops_train_with_causality_fail(names, tmp_path):
+def test_a_non_causal_mask_stops_train_with_causality_fail(hf, names, tmp_path):
     with pytest.raises(PreflightFailed, match="causality") as caught:
-        train(PeekingGPT2, names, tmp_path, RecipeTrainerCallback(eval_dataset=names[1]))
+        hf.train("PeekingGPT2", names, tmp_path, hf.RecipeTrainerCallback(eval_dataset=names[1]))
     assert caught.value.verdict.result("causality").verdict is Verdict.FAIL
 
 
 @pytest.mark.slow
-def test_force_trains_past_the_fail(names, tmp_path):
-    callback = RecipeTrainerCallback(force=True, eval_dataset=names[1])
-    trainer = train(PeekingGPT2, names, tmp_path, callback)
+def test_force_trains_past_the_fail(hf, names, tmp_path):
+    callback = hf.RecipeTrainerCallback(force=True, eval_dataset=names[1])
+    trainer = hf.train("PeekingGPT2", names, tmp_path, callback)
     assert not callback.verdict.passed and trainer.state.global_step == 2
 
 
-def test_labels_that_count_padding_stop_train_with_undeclared_padding(names, tmp_path):
+def test_labels_that_count_padding_stop_train_with_undeclared_padding(hf, names, tmp_path):
     """labels = input_ids with the padding left in (no -100): the Trainer's loss trains on padding as text."""
     counted = [dict(row, labels=row["input_ids"].clone()) for row in names[0]]
     with pytest.raises(PreflightFailed, match="undeclared_padding") as caught:
-        train(transformers.GPT2LMHeadModel, (counted, *names[1:]), tmp_path,
-              RecipeTrainerCallback(eval_dataset=names[1]))
+        hf.train("GPT2LMHeadModel", (counted, *names[1:]), tmp_path,
+              hf.RecipeTrainerCallback(eval_dataset=names[1]))
     assert caught.value.verdict.result("undeclared_padding").verdict is Verdict.FAIL
 
 
 @pytest.mark.parametrize("page_name", ["docs/usage.md", "README.md"])
-def test_the_usage_example_runs_as_pasted(names, tmp_path, monkeypatch, page_name):
+def test_the_usage_example_runs_as_pasted(hf, names, tmp_path, monkeypatch, page_name):
     """The Hugging Face snippet of docs/usage.md and of the README, exec'd as written with a tiny GPT-2, its TrainingArguments and
     the names rows in scope; the run stopped after 2 steps and one check instead of all, so it stays fast."""
     import re
@@ -110,14 +88,15 @@ def test_the_usage_example_runs_as_pasted(names, tmp_path, monkeypatch, page_nam
     monkeypatch.chdir(tmp_path)
     train_rows, eval_rows, vocab, pad_id = names
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab,
-                                                                 n_positions=64, pad_token_id=pad_id))
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=3, learning_rate=3e-3,
-                                          per_device_train_batch_size=16, report_to=[], use_cpu=True,
-                                          save_strategy="no", disable_tqdm=True)
+    model = hf.transformers.GPT2LMHeadModel(hf.transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32,
+                                                                       vocab_size=vocab, n_positions=64,
+                                                                       pad_token_id=pad_id))
+    args = hf.transformers.TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=3, learning_rate=3e-3,
+                                             per_device_train_batch_size=16, report_to=[], use_cpu=True,
+                                             save_strategy="no", disable_tqdm=True)
 
     def Trainer(callbacks, **kwargs):  # the user's Trainer, stopped after 2 steps by the test
-        return transformers.Trainer(callbacks=[*callbacks, StopAfterTwoSteps()], **kwargs)
+        return hf.transformers.Trainer(callbacks=[*callbacks, hf.StopAfterTwoSteps()], **kwargs)
 
     scope = {"Trainer": Trainer, "model": model, "args": args, "train": train_rows, "held_out": eval_rows}
     exec(compile(code, page_name, "exec"), scope)
@@ -135,19 +114,19 @@ class Streamed(torch.utils.data.IterableDataset):
         return iter(self.rows)
 
 
-@pytest.mark.parametrize("model_class, verdict", [(transformers.GPT2LMHeadModel, Verdict.PASS),
-                                                  (PeekingGPT2, Verdict.FAIL)])
-def test_a_streaming_dataset_is_read_through_the_trainers_loader(names, tmp_path, model_class, verdict):
+@pytest.mark.parametrize("model_class, verdict", [("GPT2LMHeadModel", Verdict.PASS), ("PeekingGPT2", Verdict.FAIL)])
+def test_a_streaming_dataset_is_read_through_the_trainers_loader(hf, names, tmp_path, model_class, verdict):
     train_rows, eval_rows, vocab, pad_id = names
     torch.manual_seed(0)
-    model = model_class(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab, n_positions=64,
-                                                pad_token_id=pad_id))
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3 * len(train_rows) // 16,
-                                          learning_rate=3e-3, per_device_train_batch_size=16, report_to=[],
-                                          use_cpu=True, save_strategy="no", disable_tqdm=True)
-    callback = RecipeTrainerCallback(force=True, eval_dataset=Streamed(eval_rows), only=["causality", "loss_at_init"])
-    transformers.Trainer(model=model, args=args, train_dataset=Streamed(train_rows),
-                         callbacks=[callback, StopAfterTwoSteps()]).train()
+    config = hf.transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab, n_positions=64,
+                                        pad_token_id=pad_id)
+    model = hf.model_class(model_class)(config)
+    args = hf.transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3 * len(train_rows) // 16,
+                                             learning_rate=3e-3, per_device_train_batch_size=16, report_to=[],
+                                             use_cpu=True, save_strategy="no", disable_tqdm=True)
+    callback = hf.RecipeTrainerCallback(force=True, eval_dataset=Streamed(eval_rows), only=["causality", "loss_at_init"])
+    hf.transformers.Trainer(model=model, args=args, train_dataset=Streamed(train_rows),
+                            callbacks=[callback, hf.StopAfterTwoSteps()]).train()
     assert callback.verdict.result("causality").verdict is verdict, callback.verdict.result("causality").message
     data = callback.verdict.pipeline.data
     assert len(data.train) + len(data.val) + len(data.test) == len(train_rows) + len(eval_rows)

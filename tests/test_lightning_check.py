@@ -3,109 +3,25 @@ on the `sample` digits through DataLoaders. Clean: the preflight runs before the
 A zoo bug planted in training_step: fit stops with that check's FAIL; force=True trains anyway."""
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-pl = pytest.importorskip("lightning.pytorch")
+from checks.engine.result import Verdict
+from checks.integrations.loop import PreflightFailed
+from recipe.data import load_data
 
-from checks.engine.result import Verdict  # noqa: E402
-from checks.integrations.lightning import RecipeCheck  # noqa: E402
-from checks.integrations.loop import PreflightFailed  # noqa: E402
-from recipe.data import load_data  # noqa: E402
-
-
-class LitMNIST(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer_1 = nn.Linear(28 * 28, 128)
-        self.layer_2 = nn.Linear(128, 256)
-        self.layer_3 = nn.Linear(256, 10)
-
-    def forward(self, x):
-        x = x.view(x.size(0), -1)
-        x = F.relu(self.layer_1(x))
-        x = F.relu(self.layer_2(x))
-        return self.layer_3(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
+pytestmark = pytest.mark.skipif(find_spec("lightning") is None, reason="needs Lightning: pip install -e '.[test]'")
 
 
-class NegatedLoss(LitMNIST):
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return -F.cross_entropy(self(x), y)  # the zoo's negated_loss: gradient ascent
+@pytest.fixture(scope="module")
+def lit():
+    """Lightning, the docs' module and its zoo twins (tests/lightning_modules.py), imported when a test here runs."""
+    from tests import lightning_modules
 
-
-class SummedLoss(LitMNIST):
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y, reduction="sum")  # the zoo's loss_summed: B times the mean
-
-
-class SoftmaxInStep(LitMNIST):
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(F.softmax(self(x), dim=1), y)  # probabilities into a loss that wants logits
-
-
-class ManualMNIST(LitMNIST):
-    """Manual optimisation, as Lightning's docs write it: the step zeroes, backpropagates, clips and steps."""
-
-    def __init__(self):
-        super().__init__()
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        opt.zero_grad()
-        self.manual_backward(loss)
-        self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
-        opt.step()
-        self.log("train_loss", loss)
-
-
-class ManualWithoutZeroGrad(ManualMNIST):
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.manual_backward(loss)  # the zoo's no_zero_grad: gradients pile up across steps
-        opt.step()
-
-
-class ManualNegated(ManualMNIST):
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        x, y = batch
-        opt.zero_grad()
-        self.manual_backward(-F.cross_entropy(self(x), y))  # the zoo's negated_loss
-        opt.step()
-
-
-class ManualClipAfterStep(ManualMNIST):
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        x, y = batch
-        opt.zero_grad()
-        self.manual_backward(F.cross_entropy(self(x), y))
-        opt.step()
-        self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")  # clips what was used
+    return lightning_modules
 
 
 @pytest.fixture(scope="module")
@@ -119,37 +35,29 @@ def digits():
     return loader(data.train, shuffle=True), loader(data.val)
 
 
-def fit(module, digits, callback):
-    trainer = pl.Trainer(max_epochs=1, callbacks=[callback], accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_train_batches=5, limit_val_batches=1, num_sanity_val_steps=0)
-    trainer.fit(module, *digits)
-    return trainer
-
-
 @pytest.mark.slow
-def test_the_docs_module_passes_and_fit_goes_on(digits, tmp_path):
-    callback = RecipeCheck(report_dir=tmp_path)
-    trainer = fit(LitMNIST(), digits, callback)
+def test_the_docs_module_passes_and_fit_goes_on(lit, digits, tmp_path):
+    callback = lit.RecipeCheck(report_dir=tmp_path)
+    trainer = lit.fit(lit.LitMNIST(), digits, callback)
     assert callback.verdict.passed, callback.verdict.failure_line()
     assert callback.verdict.complete and callback.verdict.report.is_file()
     assert trainer.global_step == 5  # the preflight ran before the first epoch, and training went on
 
 
-@pytest.mark.parametrize("module_class, words", [(NegatedLoss, "wrong sign"), (SummedLoss, "reduction")])
-def test_a_zoo_bug_in_training_step_stops_fit_with_that_checks_fail(digits, module_class, words):
-    module = module_class()
+@pytest.mark.parametrize("module_class, words", [("NegatedLoss", "wrong sign"), ("SummedLoss", "reduction")])
+def test_a_zoo_bug_in_training_step_stops_fit_with_that_checks_fail(lit, digits, module_class, words):
+    module = getattr(lit, module_class)()
     before = [p.detach().clone() for p in module.parameters()]
     with pytest.raises(PreflightFailed) as raised:
-        fit(module, digits, RecipeCheck(report_dir=None, only=["loss_at_init"]))
+        lit.fit(module, digits, lit.RecipeCheck(report_dir=None, only=["loss_at_init"]))
     assert raised.value.verdict.result("loss_at_init").verdict is Verdict.FAIL
     assert "/loss_at_init FAIL" in str(raised.value) and words in str(raised.value)
     assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))  # fit stopped before any step
 
 
-def test_force_trains_anyway(digits):
-    callback = RecipeCheck(report_dir=None, only=["loss_at_init"], force=True)
-    trainer = fit(NegatedLoss(), digits, callback)
+def test_force_trains_anyway(lit, digits):
+    callback = lit.RecipeCheck(report_dir=None, only=["loss_at_init"], force=True)
+    trainer = lit.fit(lit.NegatedLoss(), digits, callback)
     assert not callback.verdict.passed and trainer.global_step == 5
     assert callback.verdict.result("loss_at_init").verdict is Verdict.FAIL
 
@@ -157,7 +65,10 @@ def test_force_trains_anyway(digits):
 DDP_SCRIPT = """
 import sys
 sys.path.insert(0, {repo!r})
-from tests.test_lightning_check import DataLoader, NegatedLoss, RecipeCheck, TensorDataset, load_data, pl
+from torch.utils.data import DataLoader, TensorDataset
+
+from recipe.data import load_data
+from tests.lightning_modules import NegatedLoss, RecipeCheck, pl
 
 if __name__ == "__main__":
     data = load_data("sample", download=False)
@@ -193,54 +104,54 @@ def test_under_ddp_rank_0_checks_and_every_rank_stops(tmp_path):
     assert "/loss_at_init FAIL" in first and "/loss_at_init FAIL" in second
 
 
-def test_a_loader_with_its_own_collate_fn_is_read_through_it(digits):
+def test_a_loader_with_its_own_collate_fn_is_read_through_it(lit, digits):
     train, val = digits
     custom = DataLoader(train.dataset, batch_size=64, collate_fn=lambda items: [torch.stack([x for x, _ in items]),
                                                                                torch.tensor([y for _, y in items])])
-    callback = RecipeCheck(report_dir=None, only=["label_pairing"])
-    fit(LitMNIST(), (custom, val), callback)
+    callback = lit.RecipeCheck(report_dir=None, only=["label_pairing"])
+    lit.fit(lit.LitMNIST(), (custom, val), callback)
     assert callback.verdict.passed and callback.verdict.pipeline.data.read_once == (("train", "collate"),)
 
 
-def test_a_loader_the_checks_cannot_read_stops_fit_in_one_line(digits):
+def test_a_loader_the_checks_cannot_read_stops_fit_in_one_line(lit, digits):
     from recipe.loaders import LoaderError
 
     train, val = digits
     custom = DataLoader(train.dataset, batch_size=64, collate_fn=lambda items: items)  # (x, y) items, uncollated
     with pytest.raises(LoaderError, match="a list of"):
-        fit(LitMNIST(), (custom, val), RecipeCheck(report_dir=None, force=True))
+        lit.fit(lit.LitMNIST(), (custom, val), lit.RecipeCheck(report_dir=None, force=True))
 
 
-def test_a_softmax_inside_training_step_stops_fit_at_overfit_one_batch(digits):
+def test_a_softmax_inside_training_step_stops_fit_at_overfit_one_batch(lit, digits):
     with pytest.raises(PreflightFailed) as raised:
-        fit(SoftmaxInStep(), digits, RecipeCheck(report_dir=None, only=["overfit_one_batch"]))
+        lit.fit(lit.SoftmaxInStep(), digits, lit.RecipeCheck(report_dir=None, only=["overfit_one_batch"]))
     assert raised.value.verdict.result("overfit_one_batch").verdict is Verdict.FAIL
     assert "squashed scores" in str(raised.value)
 
 
 @pytest.mark.slow
-def test_manual_optimisation_gets_the_preflight_and_fit_goes_on(digits, tmp_path):
-    callback = RecipeCheck(report_dir=tmp_path)
-    trainer = fit(ManualMNIST(), digits, callback)
+def test_manual_optimisation_gets_the_preflight_and_fit_goes_on(lit, digits, tmp_path):
+    callback = lit.RecipeCheck(report_dir=tmp_path)
+    trainer = lit.fit(lit.ManualMNIST(), digits, callback)
     assert callback.verdict.passed, callback.verdict.failure_line()
     assert callback.verdict.result("gradient_clipping").verdict is Verdict.PASS  # self.clip_gradients was seen
     assert trainer.global_step == 5
 
 
 @pytest.mark.parametrize("module_class, check, words", [
-    (ManualWithoutZeroGrad, "gradient_flow", "zero_grad"),
-    (ManualNegated, "loss_at_init", "wrong sign"),
-    (ManualClipAfterStep, "gradient_clipping", "after"),
+    ("ManualWithoutZeroGrad", "gradient_flow", "zero_grad"),
+    ("ManualNegated", "loss_at_init", "wrong sign"),
+    ("ManualClipAfterStep", "gradient_clipping", "after"),
 ])
-def test_a_zoo_bug_in_a_manual_step_stops_fit_with_that_checks_fail(digits, module_class, check, words):
+def test_a_zoo_bug_in_a_manual_step_stops_fit_with_that_checks_fail(lit, digits, module_class, check, words):
     with pytest.raises(PreflightFailed) as raised:
-        fit(module_class(), digits, RecipeCheck(report_dir=None, only=[check]))
+        lit.fit(getattr(lit, module_class)(), digits, lit.RecipeCheck(report_dir=None, only=[check]))
     assert raised.value.verdict.result(check).verdict is Verdict.FAIL
     assert f"/{check} FAIL" in str(raised.value) and words in str(raised.value)
 
 
 @pytest.mark.parametrize("page_name", ["docs/usage.md", "README.md"])
-def test_the_usage_example_runs_as_pasted(digits, tmp_path, monkeypatch, page_name):
+def test_the_usage_example_runs_as_pasted(lit, digits, tmp_path, monkeypatch, page_name):
     """The Lightning snippet of docs/usage.md and of the README, exec'd as written with the docs module and loaders in scope; the
     Trainer kept short (CPU, 2 batches an epoch) and one check instead of all, so it stays fast."""
     import re
@@ -255,11 +166,11 @@ def test_the_usage_example_runs_as_pasted(digits, tmp_path, monkeypatch, page_na
     monkeypatch.chdir(tmp_path)
 
     def Trainer(**kwargs):  # the user's Trainer, with the test's limits added to what the snippet passes
-        return pl.Trainer(**kwargs, accelerator="cpu", logger=False, enable_checkpointing=False,
+        return lit.pl.Trainer(**kwargs, accelerator="cpu", logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
                           limit_val_batches=1, num_sanity_val_steps=0)
 
-    scope = {"Trainer": Trainer, "model": LitMNIST(), "train_loader": digits[0], "val_loader": digits[1]}
+    scope = {"Trainer": Trainer, "model": lit.LitMNIST(), "train_loader": digits[0], "val_loader": digits[1]}
     exec(compile(code, page_name, "exec"), scope)
     assert scope["trainer"].global_step == 5 * 2  # max_epochs=5 as pasted, trained after the preflight
     assert list((tmp_path / "reports").glob("*/index.html"))  # report_dir="reports" as pasted

@@ -44,7 +44,7 @@ def test_the_set_up_commands_are_the_ones_ci_and_the_tests_run():
     ci = (README.parent / ".ci" / "run").read_text()
     for command in install_and_test.split(" && "):
         assert f"\n{command}" in ci, command
-    assert 'python -m pytest -m "not slow"' in text  # the fast tier, named once
+    assert 'python -m pytest -n auto -m "not slow"' in text  # the fast tier, named once
 
 
 def test_the_zoo_matrix_has_a_row_for_every_bug_and_says_the_measured_rate():
