@@ -20,6 +20,7 @@ from checks.baselines import sequence_baselines
 from checks.data import padding_data_checks as padding_data
 from checks.data import sequence_checks as sequence_data
 from checks.skeleton import padding_checks as padding
+from checks.skeleton import rng_checks as rng
 from checks.skeleton import sequence_checks as sequence_skeleton
 from checks.skeleton import step_checks as step
 
@@ -34,7 +35,7 @@ CHECKS_BY_STAGE = {
     "skeleton": [loop.fit_dry_run, schedule.lr_schedule, skeleton.determinism, loader.what_goes_into_the_net, loader.label_pairing,
                  loader.batch_sampling, augmentation.augmentation_consistency, skeleton.output_sanity,
                  skeleton.eval_determinism, skeleton.loss_at_init, skeleton.batch_independence, gradients.gradient_flow,
-                 step.gradient_clipping, capacity.effective_linearity,
+                 step.gradient_clipping, rng.fresh_randomness, capacity.effective_linearity,
                  sequence_skeleton.causality, sequence_skeleton.position_used,
                  padding.padding_masked],
     "baselines": [baselines.input_independent_baseline, overfit.overfit_one_batch,

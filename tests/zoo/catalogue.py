@@ -40,7 +40,7 @@ from tests.zoo.bugs import (MISSING_CLASS, BatchMixingLinear, DetachedLinear, Lo
 from tests.zoo.family_bugs import (DropoutAlwaysOnLinear, MisspelledActivationMLP, ReluNeverCalledMLP, clip_norm_after_step,
     clip_norm_before_backward, clip_value_after_step, cosine_tmax_epochs_per_batch, dropout_layers_left_in_eval,
     duplicates_relabelled, eval_for_logging_never_reset, exponential_lr_per_batch, jpeg_compressed_test_images,
-    lambda_lr_factor_is_lr, one_epoch_of_huge_batches, reencoded_test_copies_in_train,
+    lambda_lr_factor_is_lr, one_epoch_of_huge_batches, reencoded_test_copies_in_train, seed_reset_in_step,
     shifted_test_copies_in_train, val_batch_in_step_no_reset, val_brightened_into_test, val_images_downscaled)
 from recipe.config import TrainConfig
 from recipe.data import DataBundle, load_data
@@ -280,6 +280,10 @@ ZOO: tuple[Bug, ...] = (
     Bug("dropout_layers_left_in_eval", dropout_layers_left_in_eval.__doc__, dropout_layers_left_in_eval,
         ("train_mode_kept",), ("eval mode",),
         "the model itself stays in train mode, but its Dropout and BatchNorm layers train in eval mode"),
+    Bug("seed_reset_in_step", seed_reset_in_step.__doc__, seed_reset_in_step,
+        ("fresh_randomness",), ("same dropout mask",),
+        "from two different generator states, the step leaves torch's generator in the same state, and the "
+        "model's training forward is random"),
     Bug("clip_norm_after_step", clip_norm_after_step.__doc__, lambda p: replace(p, train_step=clip_norm_after_step),
         ("gradient_clipping",), ("after optimizer.step()",),
         "every clip comes after the optimizer step of its call: the updates use the unclipped gradients"),

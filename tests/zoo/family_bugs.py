@@ -268,6 +268,15 @@ def dropout_layers_left_in_eval(pipeline: Pipeline) -> Pipeline:
     return _with_mode_dependent_model(pipeline, QuietLayersStep())
 
 
+def seed_reset_in_step(pipeline: Pipeline) -> Pipeline:
+    """A dropout + BatchNorm MLP whose step calls torch.manual_seed(0) "for reproducibility" before each
+    update: every step draws the same dropout mask."""
+    def step(model, optimizer, loss_fn, x, y) -> torch.Tensor:
+        torch.manual_seed(0)
+        return _plain_step(model, optimizer, loss_fn, x, y).detach()
+    return _with_mode_dependent_model(pipeline, step)
+
+
 # ---------------------------------------------------------------- gradient clipping that clips nothing
 
 from torch.nn.utils import clip_grad_norm_  # noqa: E402 - bound when the module loads, as a user's script does
