@@ -109,3 +109,19 @@ def test_half_way_step():
     assert half_way_step([2.0] * 10 + [1.0] * 30, window=10) == 15  # the trailing mean crosses 1.5 at step 15
     assert half_way_step([1.0] * 40, window=10) is None  # no fall, no need measured
     assert half_way_step([1.0, float("nan")] * 20, window=10) is None
+
+
+@pytest.mark.slow
+def test_one_epoch_of_a_language_model_is_judged_by_its_loss_not_by_memorising_a_batch():
+    """names, the tiny GPT: one epoch of 65 batches passes (its loss is half way down by step ~40; memorising 16
+    names took ~150 steps, which a language model needs no more than a table does); 5 batches of 1024 still FAIL."""
+    from recipe.all_sources import load_source
+    from recipe.sequences import gpt_pipeline
+
+    data = load_source("names")
+    one_epoch = run_length(gpt_pipeline(TrainConfig(epochs=1), data))
+    assert one_epoch.verdict is Verdict.PASS, one_epoch.message
+    assert one_epoch.details["steps_to_memorise_a_batch"] > one_epoch.value  # the old floor would have failed it
+    assert "overfit_one_batch" not in one_epoch.message
+    huge_batches = run_length(gpt_pipeline(TrainConfig(epochs=1, batch_size=1024), data))
+    assert huge_batches.verdict is Verdict.FAIL and "too short" in huge_batches.message
