@@ -34,6 +34,13 @@ def where(err: BaseException) -> str:
     return f"{Path(frame.filename).name}:{frame.lineno}"
 
 
+def user_line(err: BaseException) -> str | None:
+    """'file.py:12' of the innermost frame in the user's own code (outside the harness and the installed
+    libraries), or None when the error never passed through it."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not _is_harness_or_library(Path(f.filename))]
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else None
+
+
 def describe(err: BaseException) -> str:
     text = str(err.msg if isinstance(err, SyntaxError) else err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

@@ -17,6 +17,7 @@ from checks.engine.kinds import why_not
 from checks.engine.registry import CHECKS, CHECKS_BY_STAGE
 from checks.engine.result import STAGES, CheckResult, Verdict
 from recipe.contract import check_contract
+from recipe.user_code import describe, user_line
 
 OnEvent = Callable[[str, str], None]  # (check name, stage), called as a check starts
 
@@ -35,9 +36,14 @@ def run_check(check: Callable[..., CheckResult], pipeline, stage: str, blocked_b
         result = check(pipeline)
     except Exception as err:  # the one place that catches: a crashing check must not stop the others
         frame = traceback.extract_tb(err.__traceback__)[-1]
-        result = CheckResult(name, stage, Verdict.ERROR, None, None, "",
-                             f"the check crashed: {type(err).__name__}: {err} "
-                             f"(at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})")
+        line = user_line(err)
+        # Raised in the user's model, step or loader, the crash is theirs to fix (fit_dry_run tells whether
+        # training meets it too); raised in the harness alone, it is a bug of the check.
+        said = (f"the pipeline's own code raised at {line} while this check ran it: {describe(err)} "
+                f"(at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}). Fix the model, step or data there; "
+                "fit_dry_run says whether training meets it too" if line else
+                f"the check crashed: {type(err).__name__}: {err} (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})")
+        result = CheckResult(name, stage, Verdict.ERROR, None, None, "", said)
     result.duration_s = time.perf_counter() - started
     return result
 

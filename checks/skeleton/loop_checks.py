@@ -13,10 +13,10 @@ import torch
 
 from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Figure, Verdict
-from checks.measure.sampling import fresh_model, planned_lr_curve
+from checks.measure.sampling import fresh_model, generator, planned_lr_curve
 from recipe.optim import describe_optimizer, describe_scheduler
 from recipe.pipeline import Pipeline
-from recipe.train import StepContractError, fit, step_scheduler, training_objects
+from recipe.train import StepContractError, fit, step_scheduler, take_step, training_objects
 from recipe.user_code import describe, where
 
 STAGE = "skeleton"
@@ -47,8 +47,9 @@ def fit_dry_run(pipeline: Pipeline, epochs: int = 2, batches: int = 3) -> CheckR
 
     FAILs when fit crashes (the step returns a float, a scheduler raises, a shape breaks in
     evaluation), when a loss is not finite, or when the lr a step trains with is not the one the
-    pipeline's optimizer and scheduler give (something in the step rewrites it). Shows the optimizer
-    and the schedule as the pipeline built them, read from the objects.
+    pipeline's optimizer and scheduler give (something in the step rewrites it); also when a step on
+    the epoch's last train batch crashes, if that batch is smaller than the others (`_last_batch_crash`).
+    Shows the optimizer and the schedule as the pipeline built them, read from the objects.
     """
     epochs = min(epochs, pipeline.config.epochs)
     seen: list[tuple[list[float], float]] = []
@@ -63,6 +64,9 @@ def fit_dry_run(pipeline: Pipeline, epochs: int = 2, batches: int = 3) -> CheckR
     except Exception as err:  # the user's loop code broke: that is this check's finding, not a crashed check
         return _failed(f"fit crashed after {len(seen)} steps at {where(err)}: {describe(err)}. Training would crash "
                        "the same way: fix the pipeline's step, scheduler, loss or batches", len(seen))
+    crash = _last_batch_crash(pipeline)
+    if crash:
+        return _failed(crash, len(seen))
     optimizer_info = describe_optimizer(result.optimizer)
     scheduler_info = describe_scheduler(result.scheduler, pipeline.scheduler_interval)
     per_epoch = min(batches, pipeline.steps_per_epoch)
@@ -101,6 +105,31 @@ def fit_dry_run(pipeline: Pipeline, epochs: int = 2, batches: int = 3) -> CheckR
     message = (summary + "." if not problems else "; ".join(problems) + ".")
     return CheckResult("fit_dry_run", STAGE, verdict, float(len(problems)), 0.0, "==", message,
                        figures=figures, details=details)
+
+
+def _last_batch_crash(pipeline: Pipeline) -> str:
+    """Why a step on the epoch's last train batch crashes, when that batch is smaller than the first ("" when
+    it is not, or does not crash). The dry run's few batches never reach it; a full epoch does: a BatchNorm
+    model raises on a last batch of 1 example only when the first epoch ends."""
+    first = last = None
+    for batch in pipeline.batches("train", shuffle=True, augment=False, generator=generator(pipeline)):
+        first = batch if first is None else first
+        last = batch
+    if first is None or len(last.y) >= len(first.y):
+        return ""
+    model = fresh_model(pipeline)
+    optimizer, _ = training_objects(pipeline, model)
+    model.train()
+    try:
+        take_step(pipeline, model, optimizer, last.x, last.y)
+    except Exception as err:  # the user's model or step: this check's finding
+        tip = (" (BatchNorm cannot train on 1 example: it needs 2 values per channel)"
+               if len(last.y) == 1 else "")
+        return (f"a step on the epoch's last train batch, {len(last.y)} example{'s' * (len(last.y) != 1)} where the "
+                f"others have {len(first.y)}, crashed at {where(err)}: {describe(err)}{tip}. Training would crash "
+                "at the end of its first epoch: drop the incomplete batch (DataLoader(drop_last=True)) or choose "
+                "a batch size that leaves a larger remainder")
+    return ""
 
 
 def _failed(message: str, steps: int) -> CheckResult:

@@ -1,0 +1,80 @@
+"""A last train batch that only a full epoch reaches, and crashes in the pipeline's own code.
+
+wine's 142 train rows in batches of 7 leave a last batch of 1 row. A BatchNorm MLP trains on every full
+batch and raises on that one ("Expected more than 1 value per channel"), so training would crash at the end
+of its first epoch, while fit_dry_run's few batches never reached it. fit_dry_run now steps on the last batch
+too and FAILs naming it; other checks that meet the crash say it is the pipeline's code, not the check.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from torch import nn
+
+from checks.engine.result import Verdict
+from checks.engine.runner import run_check
+from checks.skeleton.loop_checks import fit_dry_run
+from recipe.all_sources import load_source
+from recipe.config import TrainConfig
+from recipe.features import TABLE_DEFAULTS
+from recipe.pipeline import default_pipeline
+
+
+class NormMLP(nn.Module):  # a forward of the user's own: the line a crash is traced to
+    def __init__(self, features: int, classes: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(features, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, classes))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def wine(batch_size: int, batchnorm: bool = True):
+    data = load_source("wine")
+    pipeline = default_pipeline(TrainConfig(**{**TABLE_DEFAULTS, "batch_size": batch_size}), data)
+    if batchnorm:
+        features = data.train.images.shape[1]
+        pipeline = replace(pipeline, make_model=lambda: NormMLP(features, data.num_classes))
+    return pipeline
+
+
+def test_the_wine_split_leaves_one_row_for_a_batch_of_seven():
+    assert len(load_source("wine").train) % 7 == 1  # the premise of the tests below
+
+
+def test_a_batchnorm_model_that_crashes_on_the_last_batch_of_one_fails_the_dry_run():
+    result = fit_dry_run(wine(7))
+    assert result.verdict is Verdict.FAIL, result.message
+    assert "last train batch, 1 example" in result.message and "drop_last=True" in result.message
+    assert "BatchNorm cannot train on 1 example" in result.message
+
+
+@pytest.mark.parametrize("batch_size, batchnorm", [(8, True), (7, False), (16, True)])
+def test_a_last_batch_the_model_trains_on_passes(batch_size, batchnorm):
+    result = fit_dry_run(wine(batch_size, batchnorm))
+    assert result.verdict is Verdict.PASS, result.message
+
+
+def test_a_check_that_meets_the_crash_names_the_pipelines_line_not_a_crashed_check():
+    from checks.skeleton.skeleton_checks import determinism
+
+    result = run_check(determinism, wine(7), "skeleton")
+    assert result.verdict is Verdict.ERROR
+    assert result.message.startswith("the pipeline's own code raised at test_last_batch.py:")
+    assert "the check crashed" not in result.message and "fit_dry_run" in result.message
+
+
+def test_a_crash_inside_the_harness_alone_still_says_the_check_crashed(sample_data):
+    import functools
+
+    from checks.measure import step_budget
+
+    def broken(pipeline):  # a check written here: this file is the user's code to the runner
+        return {}["missing"]
+
+    harness_crash = functools.partial(step_budget.flops, object())  # a TypeError raised in checks/ alone
+    harness_crash.__name__ = "harness_crash"
+    pipeline = default_pipeline(TrainConfig(), sample_data)
+    assert run_check(broken, pipeline, "skeleton").message.startswith("the pipeline's own code raised at")
+    assert run_check(harness_crash, pipeline, "skeleton").message.startswith("the check crashed: TypeError")
