@@ -48,28 +48,45 @@ def unigram_counts(ids: torch.Tensor, vocab: int, pad_id: int | None) -> torch.T
     return torch.bincount(kept.reshape(-1), minlength=vocab).double()
 
 
+class NgramTables:
+    """Train's add-one unigram and bigram p(y[t] | x[t]), fitted on (x, y) pairs. The bigram's counts are
+    kept sparse (the pairs that occur): V x V dense would be 20 GB for a GPT-2 tokenizer's 50,257 ids."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, vocab: int, pad_id: int | None):
+        self.V, self.pad = vocab, pad_id
+        tx, ty = self._kept(x, y)
+        counts = torch.bincount(ty, minlength=vocab).double()
+        p = counts / counts.sum().clamp(min=1)
+        self.entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+        self.log_unigram = ((counts + 1) / (counts.sum() + vocab)).log()
+        self.pair_keys, self.pair_counts = torch.unique(tx * vocab + ty, return_counts=True)
+        self.row_totals = torch.bincount(tx, minlength=vocab).double()
+
+    def _kept(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = real(y, self.pad) & (x >= 0) & (x < self.V) & (y >= 0) & (y < self.V)
+        return x[keep].long(), y[keep].long()
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
+        """(unigram, bigram) loss in nats per scored target of (x, y), and the targets scored."""
+        ex, ey = self._kept(x, y)
+        n = max(len(ey), 1)
+        keys = ex * self.V + ey
+        at = torch.searchsorted(self.pair_keys, keys).clamp(max=max(len(self.pair_keys) - 1, 0))
+        seen = self.pair_counts[at].double() * (self.pair_keys[at] == keys) if len(self.pair_keys) else \
+            torch.zeros(len(keys), dtype=torch.float64)
+        log_bigram = ((seen + 1) / (self.row_totals[ex] + self.V)).log()
+        return float(-self.log_unigram[ey].sum() / n), float(-log_bigram.sum() / n), int(len(ey))
+
+
 def ngram_losses(data: DataBundle, split: str = "val") -> dict[str, float]:
     """The dumb baselines, in nats per target token on `split` (pad targets skipped), all fitted on train:
     uniform ln V; the unigram of train's targets; the bigram p(y[t] | x[t]) of train's pairs. Both are
     add-one (Laplace) smoothed so an unseen token costs a finite loss; `unigram_train_entropy` is the
     plain entropy of train's target distribution (what a unigram scores on train itself)."""
-    V, pad = data.num_classes, data.pad_id
-    x, y = rows(data.train)
-    keep = real(y, pad) & (x >= 0) & (x < V) & (y >= 0) & (y < V)
-    tx, ty = x[keep], y[keep]
-    counts = torch.bincount(ty, minlength=V).double()
-    p_train = counts / counts.sum()
-    entropy = float(-(p_train[p_train > 0] * p_train[p_train > 0].log()).sum())
-    log_unigram = ((counts + 1) / (counts.sum() + V)).log()
-    pairs = torch.bincount(tx * V + ty, minlength=V * V).double().view(V, V)
-    log_bigram = ((pairs + 1) / (pairs.sum(1, keepdim=True) + V)).log()
-    ex, ey = rows(data.split(split))
-    keep = real(ey, pad) & (ex >= 0) & (ex < V) & (ey >= 0) & (ey < V)
-    ex, ey = ex[keep], ey[keep]
-    n = max(len(ey), 1)
-    return {"uniform": math.log(V), "unigram": float(-log_unigram[ey].sum() / n),
-            "bigram": float(-log_bigram[ex, ey].sum() / n), "unigram_train_entropy": entropy,
-            "tokens_scored": int(len(ey)), "split": split}
+    tables = NgramTables(*rows(data.train), data.num_classes, data.pad_id)
+    unigram, bigram, scored = tables.losses(*rows(data.split(split)))
+    return {"uniform": math.log(data.num_classes), "unigram": unigram, "bigram": bigram,
+            "unigram_train_entropy": tables.entropy, "tokens_scored": scored, "split": split}
 
 
 def position_unigram_log_probs(data: DataBundle) -> torch.Tensor:
