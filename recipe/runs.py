@@ -146,7 +146,8 @@ def point_latest(report_dir: Path, run_dir: Path) -> None:
 def latest_run_dir(report_dir: Path) -> Path:
     link = report_dir / LATEST
     if not link.exists():
-        raise RecipeError(f"no earlier run in {report_dir} (no {link}); pass --out or run without --resume")
+        raise RecipeError(f"no earlier run in {report_dir} (no {link}): run `recipe check` or `recipe run` first, "
+                          "or name a run folder")
     return link.resolve()
 
 

@@ -83,3 +83,10 @@ def test_report_rerenders_without_rerunning(workdir: Path, capsys):
     assert main(["report"]) == 0
     assert (run_dir / "index.html").is_file()
     assert (run_dir / "results.json").read_text() == before
+
+
+def test_report_before_any_run_says_what_makes_one(tmp_path, capsys):
+    """Not the flags of `train --resume` (--out), which `recipe report` does not take."""
+    assert main(["report", "--report-dir", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no earlier run in" in err and "recipe check" in err and "--out" not in err

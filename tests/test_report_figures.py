@@ -58,3 +58,18 @@ def test_a_matrix_can_leave_its_cells_unnumbered():
     numbered = figures._matrix(data).axes[0].texts
     assert [t.get_text() for t in numbered] == ["1", "0", "0", "0", "1", "0", "0", "0", "1"]
     assert len(figures._matrix({**data, "annotate": False}).axes[0].texts) == 0
+
+
+def test_characters_the_font_lacks_draw_without_a_warning_per_glyph():
+    """Decoded tokens of a user's text (Devanagari here) in a title, a legend and an axis label: DejaVu Sans has
+    no glyph for them, and matplotlib warned once per character (38 lines for one text file)."""
+    import warnings
+
+    from checks.report.figures import render_png
+
+    text = "\u0902\u0926\u0939\u093f"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        png = render_png(Figure("lines", f"tokens {text}", {"series": {f"a {text}": [1, 2, 3]}, "xlabel": text,
+                                                          "ylabel": "y"}))
+    assert png.startswith(b"\x89PNG") and not [w for w in seen if "missing from font" in str(w.message)]

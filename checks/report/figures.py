@@ -8,6 +8,7 @@ with dozens of them stays a few hundred kB. Text is drawn with mathtext off, so 
 from __future__ import annotations
 
 import io
+import warnings
 import textwrap
 from typing import Any
 
@@ -38,7 +39,10 @@ def render_png(figure: Figure) -> bytes:
     draw = _DRAWERS.get(figure.kind)
     if draw is None:
         raise ValueError(f"unknown figure kind {figure.kind!r}; expected one of {', '.join(_DRAWERS)}")
-    with rc_context(STYLE):
+    # A character the font lacks (an emoji in a user's text, shown as decoded tokens) is drawn as a box; the
+    # user needs no warning per glyph (38 of them for one emoji-rich text file).
+    with rc_context(STYLE), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
         fig = draw(figure.data)
         if figure.title:
             fig.suptitle(_wrap(figure.title, 80), fontsize=10)

@@ -13,6 +13,7 @@ from torch import nn
 
 from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Verdict, not_applicable
+from checks.measure.state import CARRIED_STATE, keeps_state
 from checks.measure.sampling import fresh_model, generator, stacked
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
@@ -81,6 +82,8 @@ def causality(pipeline: Pipeline) -> CheckResult:
     bidirectional = [n for n, m in model.named_modules() if isinstance(m, nn.RNNBase) and m.bidirectional]
     if bidirectional:
         cause = f"a bidirectional recurrent layer ({', '.join(bidirectional)}) reads the sequence backwards too"
+    elif keeps_state(model, x):  # the edited rows of the previous call reach this one through the carried state
+        cause = CARRIED_STATE
     elif leak_far <= ROUND_OFF * own:
         cause = ("only the NEXT token leaks: the causal mask is shifted by one (torch.tril(..., diagonal=1)), "
                  "or the model's input is the target sequence")

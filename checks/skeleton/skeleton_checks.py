@@ -12,6 +12,7 @@ from checks.engine.result import CheckResult, Figure, Verdict, measured
 from checks.measure.predictions import label_counts, scored_positions
 from checks.measure.reference_run import reference_run
 from checks.measure.sampling import first_batches, fresh_model, short_training
+from checks.measure.state import CARRIED_STATE, keeps_state
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 
@@ -253,8 +254,9 @@ def _changed_inputs_independence(pipeline: Pipeline, model: nn.Module, x: torch.
         return CheckResult("batch_independence", STAGE, Verdict.FAIL, float(len(leaked)), 0.0, "==",
                            f"example {example}'s output changes when the inputs of the other examples change{note} ("
                            f"{len([i for i in leaked if i >= 0])} of the first {min(8, len(others))} one by one): "
-                           "information is mixed across the batch (attention or a reshape over the batch dimension, "
-                           "a view where a transpose was needed).", details=details)
+                           + (f"{CARRIED_STATE}." if keeps_state(model, x) else
+                              "information is mixed across the batch (attention or a reshape over the batch "
+                              "dimension, a view where a transpose was needed)."), details=details)
     return CheckResult("batch_independence", STAGE, Verdict.PASS, 0.0, 0.0, "==",
                        f"example {example}'s output moves when its own inputs change ({own:.2g}) and not when the "
                        f"inputs of the other {len(others)} examples change{note}.", details=details)
@@ -284,8 +286,10 @@ def eval_determinism(pipeline: Pipeline, rtol: float = 1e-5, atol: float = 1e-6)
     tolerance = atol + rtol * (first.float().abs().max().item() if first.numel() else 0.0)  # float noise only
     same = gap <= tolerance
     ok = f"two eval-mode passes over {len(batch.y)} val examples give the same outputs (max difference {gap:.1e})."
+    cause = (CARRIED_STATE if not same and keeps_state(model, batch.x) else
+             "something random stays active in eval mode, typically F.dropout(x, p) without training=self.training, "
+             "or noise added in forward whatever the mode")
     fail = (f"two eval-mode passes over the same {len(batch.y)} val examples give different outputs (max difference "
-            f"{gap:.3g}): something random stays active in eval mode, typically F.dropout(x, p) without "
-            "training=self.training, or noise added in forward whatever the mode; val and test numbers would be random.")
+            f"{gap:.3g}): {cause}; val and test numbers would be random.")
     return CheckResult("eval_determinism", STAGE, Verdict.PASS if same else Verdict.FAIL, gap, tolerance, "<=",
                        ok if same else fail, details={"max_difference": gap})
