@@ -148,8 +148,18 @@ def test_test_rows_copied_into_train_fail_duplicates_and_leakage():
     assert verdict(split_checks.duplicates_and_leakage, default_pipeline(TABLE_CONFIG, data)) is Verdict.PASS
     twin = default_pipeline(TABLE_CONFIG, with_train(data, train=leaked))
     result = run_check(split_checks.duplicates_and_leakage, twin, "data")
-    assert result.verdict is Verdict.FAIL and "test" in result.message
+    assert result.verdict is Verdict.FAIL and "test rows leaked into train" in result.message
     assert [f.kind for f in result.figures] == ["text"]  # rows listed, not drawn as images
+
+
+@pytest.mark.parametrize("name", ["wine", "iris"])
+def test_the_data_checks_speak_of_rows_on_a_table(name):
+    """They were written for images; on a table there is no image, picture or pixel shift to speak of."""
+    pipeline = default_pipeline(TABLE_CONFIG, table(name))
+    for check in (split_checks.duplicates_and_leakage, split_checks.conflicting_labels, label_checks.label_signal,
+                  label_checks.label_agreement, label_checks.label_noise):
+        message = run_check(check, pipeline, "data").message
+        assert not any(word in message.lower() for word in ("image", "picture", " px")), (check.__name__, message)
 
 
 def test_a_column_that_is_the_label_fails_target_leak():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from checks.data.label_figures import class_figures, confusion_figure, disagreements_figure, per_class_figure
 from checks.measure.label_probe import flipped, held_out_probe, unseen, z_score
-from checks.engine.kinds import applies_to
+from checks.engine.kinds import applies_to, worded_for_kind
 from checks.engine.result import CheckResult, Verdict, measured, not_applicable
 from recipe.data import Split
 from recipe.pipeline import Pipeline
@@ -41,6 +41,7 @@ def _explained_share(pixels: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 @applies_to("image", "features")
+@worded_for_kind
 def label_signal(pipeline: Pipeline, min_z: float = 3.0, per_class: int = 8, max_examples: int = 5_000,
                  permutations: int = 20, min_scored: int = 50) -> CheckResult:
     """The labels must carry information about the images: the class-mean images must differ more, or a
@@ -92,6 +93,7 @@ def label_signal(pipeline: Pipeline, min_z: float = 3.0, per_class: int = 8, max
 
 
 @applies_to("image", "features")
+@worded_for_kind
 def label_agreement(pipeline: Pipeline, min_gap: float = 0.04, z: float = 4.0, max_scored: int = 5_000,
                     min_scored: int = 100, permutations: int = 200, confident_share: float = 0.2) -> CheckResult:
     """The probe's error on held-out train labels and on val + test labels must match.
@@ -188,6 +190,7 @@ def wilson_bounds(share: float, n: int, z: float) -> tuple[float, float]:
 
 
 @applies_to("image", "features")
+@worded_for_kind
 def label_noise(pipeline: Pipeline, max_noise: float = 0.08, z: float = 3.0, confident_share: float = 0.2,
                 min_confident: int = 30, min_kappa: float = 0.6, inject: float = 0.2) -> CheckResult:
     """The probe's most confident held-out train predictions must (nearly) all agree with their labels.

@@ -16,7 +16,7 @@ import numpy
 import torch
 
 from checks.measure.near_copies import SHIFT, Hasher, Index, Queries, image_hashes, nearest_copies, small, small_size
-from checks.engine.kinds import applies_to
+from checks.engine.kinds import applies_to, worded_for_kind
 from checks.engine.result import CheckResult, Figure, Verdict
 from recipe.data import DataBundle, unit_pixels
 from recipe.pipeline import Pipeline
@@ -203,6 +203,7 @@ def _counts(pairs: list[PairCopies]) -> str:
 
 
 @applies_to("image", "features")
+@worded_for_kind
 def duplicates_and_leakage(pipeline: Pipeline, max_exact_leak: float = 0.001, max_copy_leak: float = 0.005,
                            min_copies: int = 3, max_repeated: float = 0.01, similar: float = SIMILAR) -> CheckResult:
     """Copies of held-out images in train (and of test images in val), exact or near, and images
@@ -223,7 +224,8 @@ def duplicates_and_leakage(pipeline: Pipeline, max_exact_leak: float = 0.001, ma
     exact = max(held, key=lambda p: p.exact_fraction)
     leak = max(held, key=lambda p: (p.copies >= min_copies, p.copy_fraction))
     repeated = max(within, key=lambda p: p.copy_fraction)
-    how = (f"a near copy is the same picture up to a shift of {SHIFT} px, brightness, contrast or re-encoding: "
+    how = ("feature vectors are compared as exact copies only" if pipeline.kind == "features" else
+           f"a near copy is the same picture up to a shift of {SHIFT} px, brightness, contrast or re-encoding: "
            f"aligned thumbnail correlation >= {similar}")
     details = {"pairs": [p.row() for p in found.values()], "similarity_threshold": similar,
                "max_shift_px": SHIFT, "searched_per_split": QUERIES}
@@ -266,8 +268,7 @@ def duplicates_and_leakage(pipeline: Pipeline, max_exact_leak: float = 0.001, ma
         message = (f"{repeated.copies} of {repeated.searched} {repeated.split} images searched "
                    f"({repeated.copy_fraction:.1%}) have a copy elsewhere in {repeated.split} (limit "
                    f"{max_repeated:.0%}; {repeated.exact} of all {repeated.size} byte for byte): repeated images weigh "
-                   "more in training "
-                   "(or in the score, for val and test). Fine if you over-sample on purpose; otherwise look for "
+                   "more in training (or in the score, for val and test). Fine if you over-sample on purpose; otherwise look for "
                    "duplicated files or augmented copies saved to disk. Between splits, " + ok + summary)
         return CheckResult("duplicates_and_leakage", STAGE, Verdict.WARN, *shown, message, figures=figures,
                            details={**details, "warn_threshold": max_repeated})
@@ -276,6 +277,7 @@ def duplicates_and_leakage(pipeline: Pipeline, max_exact_leak: float = 0.001, ma
 
 
 @applies_to("image", "features")
+@worded_for_kind
 def conflicting_labels(pipeline: Pipeline, max_share: float = 0.05, min_conflicts: int = 5,
                        similar: float = SIMILAR) -> CheckResult:
     """The same image (exact or near copy) must carry the same label, within a split and across splits.

@@ -7,6 +7,7 @@ never misread a feature vector or a token sequence.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from recipe.data import KIND_SHAPES, KINDS
@@ -37,3 +38,18 @@ def why_not(check: Callable, kind: str) -> str | None:
         return None
     names = " and ".join(KIND_SHAPES[k].split(" (")[0] for k in kinds)
     return f"applies to {names} only; this pipeline's examples are {KIND_SHAPES[kind]}"
+
+
+TABLE_WORDS = ((" images", " rows"), ("Images", "Rows"), (" image", " row"), (" picture", " row"))
+
+
+def worded_for_kind(check: Callable) -> Callable:
+    """A check whose messages speak of images, reworded for feature vectors: a table's rows are not images."""
+    @functools.wraps(check)
+    def reworded(pipeline, *args, **kwargs):
+        result = check(pipeline, *args, **kwargs)
+        if getattr(pipeline, "kind", "image") == "features":
+            for image_word, table_word in TABLE_WORDS:
+                result.message = result.message.replace(image_word, table_word)
+        return result
+    return reworded
