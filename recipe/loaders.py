@@ -85,7 +85,8 @@ def _read_loaders(train_loader, val_loader, test_loader, class_names, vocab, dec
     if read:
         data = replace(data, read_once=tuple((name, ds.kind) for name, ds in read.items()),
                        reason=data.reason + "; " + "; ".join(f"{name}: {ds.note}" for name, ds in read.items()))
-    return LoaderView(data, norm, LoaderBatches(inner, shuffled), batch_size, shuffled)
+    batches = LoaderBatches(inner, shuffled, batch_size if train_loader.drop_last else None)
+    return LoaderView(data, norm, batches, batch_size, shuffled)
 
 
 def _one_draw(dataset, split: str):
@@ -103,15 +104,19 @@ def _one_draw(dataset, split: str):
 
 class LoaderBatches:
     """The harness's batches of the user's data, shuffled in train only where the train loader shuffles:
-    a train loader built with shuffle=False is trained in file order, and the checks see that order."""
+    a train loader built with shuffle=False is trained in file order, and the checks see that order. A train
+    loader with drop_last=True never yields its incomplete last batch, and neither do these."""
 
-    def __init__(self, inner: Callable[..., Iterator[Batch]], train_shuffled: bool):
-        self.inner, self.train_shuffled = inner, train_shuffled
+    def __init__(self, inner: Callable[..., Iterator[Batch]], train_shuffled: bool, drop_below: int | None = None):
+        self.inner, self.train_shuffled, self.drop_below = inner, train_shuffled, drop_below
 
     def __call__(self, split: str, *, shuffle: bool = False, augment: bool = False,
                  generator: torch.Generator | None = None) -> Iterator[Batch]:
         shuffle = shuffle and (split != "train" or self.train_shuffled)
-        return self.inner(split, shuffle=shuffle, augment=augment, generator=generator)
+        batches = self.inner(split, shuffle=shuffle, augment=augment, generator=generator)
+        if split == "train" and self.drop_below:
+            return (batch for batch in batches if len(batch.y) >= self.drop_below)
+        return batches
 
 
 def _dataset(loader, split: str):

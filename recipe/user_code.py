@@ -37,7 +37,8 @@ def where(err: BaseException) -> str:
 def user_line(err: BaseException) -> str | None:
     """'file.py:12' of the innermost frame in the user's own code (outside the harness and the installed
     libraries), or None when the error never passed through it."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not _is_harness_or_library(Path(f.filename))]
+    frames = [f for f in traceback.extract_tb(err.__traceback__)  # "<string>", "<eval_with_key>": generated code
+              if not f.filename.startswith("<") and not _is_harness_or_library(Path(f.filename))]
     return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else None
 
 

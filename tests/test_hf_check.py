@@ -21,6 +21,7 @@ SEQUENCE_CHECKS = ("causality", "loss_at_init")
 @pytest.fixture(scope="module")
 def hf():
     """transformers, the tiny GPT-2 and its bug (tests/hf_models.py), imported when a test here runs."""
+    pytest.importorskip("transformers")  # installed but broken: a skip, as before
     from tests import hf_models
 
     return hf_models

@@ -61,7 +61,7 @@ def test_a_check_that_meets_the_crash_names_the_pipelines_line_not_a_crashed_che
 
     result = run_check(determinism, wine(7), "skeleton")
     assert result.verdict is Verdict.ERROR
-    assert result.message.startswith("the pipeline's own code raised at test_last_batch.py:")
+    assert result.message.startswith("raised in the pipeline's own code, at test_last_batch.py:")
     assert "the check crashed" not in result.message and "fit_dry_run" in result.message
 
 
@@ -76,5 +76,32 @@ def test_a_crash_inside_the_harness_alone_still_says_the_check_crashed(sample_da
     harness_crash = functools.partial(step_budget.flops, object())  # a TypeError raised in checks/ alone
     harness_crash.__name__ = "harness_crash"
     pipeline = default_pipeline(TrainConfig(), sample_data)
-    assert run_check(broken, pipeline, "skeleton").message.startswith("the pipeline's own code raised at")
+    assert run_check(broken, pipeline, "skeleton").message.startswith("raised in the pipeline's own code, at")
     assert run_check(harness_crash, pipeline, "skeleton").message.startswith("the check crashed: TypeError")
+
+
+def loop_pipeline(drop_last: bool):
+    """The same BatchNorm MLP and wine rows through the user's own DataLoaders, batch 7."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from checks.integrations.loop import pipeline_from_loop
+
+    import torch
+
+    data = load_source("wine")
+    features = data.train.images.shape[1]
+    train = DataLoader(TensorDataset(data.train.images, data.train.labels), batch_size=7, shuffle=True,
+                       drop_last=drop_last)
+    val = DataLoader(TensorDataset(data.val.images, data.val.labels), batch_size=7)
+    return pipeline_from_loop(lambda: NormMLP(features, data.num_classes),
+                              lambda params: torch.optim.Adam(params, lr=1e-3), nn.functional.cross_entropy,
+                              train, val)
+
+
+def test_a_loader_that_drops_its_last_batch_is_trained_without_it_and_passes():
+    kept, dropped = loop_pipeline(drop_last=False), loop_pipeline(drop_last=True)
+    assert fit_dry_run(kept).verdict is Verdict.FAIL  # the user's loader yields the batch of 1: training crashes
+    result = fit_dry_run(dropped)
+    assert result.verdict is Verdict.PASS, result.message
+    sizes = [len(batch.y) for batch in dropped.batches("train", shuffle=True)]
+    assert set(sizes) == {7} and len(sizes) == len(load_source("wine").train) // 7  # what the loader yields

@@ -68,9 +68,10 @@ def run_length(pipeline: Pipeline) -> CheckResult:
     # usual length for a language model, FAILed as "cannot fit the data".
     needs = [n for n in ((to_memorise,) if pipeline.kind == "image" else ()) + (half_way,) if n is not None]
     if not needs:
+        why = ("overfit_one_batch could not memorise a batch and the reference run's loss did not fall" if
+               pipeline.kind == "image" else "the reference run's loss did not fall")
         return not_applicable("run_length", STAGE, f"no measured need to hold the configured {planned} steps against: "
-                              "overfit_one_batch could not memorise a batch and the reference run's loss did not fall "
-                              "(fix those first)")
+                              f"{why} (fix that first)")
     need = max(needs)
     what = pipeline.data.examples.split(" (")[0]  # images, feature vectors, token sequences
     plan = (f"{epochs} epoch{'s' * (epochs != 1)} x {per_epoch} batches of {batch} ({len(train)} train {what}) = "

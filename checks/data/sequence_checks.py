@@ -187,7 +187,8 @@ def _token(pipeline: Pipeline, i: int) -> str:
     return names[i] if 0 <= i < len(names) else str(i)
 
 
-CONTEXT_HELPS = 0.1  # nats the bigram must beat the unigram by on held-out train rows to judge the other splits
+CONTEXT_HELPS = 0.1   # nats the bigram must beat no context by on held-out train rows to judge the other splits
+CONTEXT_MISLEADS = -0.1  # ...and lose by on val or test to FAIL: other documents of one encoding score above 0
 
 
 def context_gains(pipeline: Pipeline) -> dict[str, float]:
@@ -197,7 +198,9 @@ def context_gains(pipeline: Pipeline) -> dict[str, float]:
     the previous token helps everywhere (+0.45 to +0.67 on names, python-source and a 200 KB text file);
     on a split whose ids were assigned by another vocabulary (`sorted(set(text))` per file) train's
     transitions mislead, and the bigram scores worse (-0.23 to -0.66). A remap that moves only a few ids
-    (a split missing one rare character of train's sorted vocabulary) can still score a gain: not caught."""
+    (a split missing one rare character of train's sorted vocabulary) can still score a gain: not caught.
+    With a word-level vocabulary (19k-28k ids on 0.2-0.7M train tokens) add-one smoothing makes the bigram
+    lose even on held-out train rows (-1.2 nats): no null, so the rule stays silent there."""
     data = pipeline.data
     x, y = rows(data.train)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
@@ -229,7 +232,7 @@ def unigram_bigram_baselines(pipeline: Pipeline) -> CheckResult:
             f"{b['unigram']:.3f}, add-one bigram {b['bigram']:.3f} nats/token ({b['tokens_scored']} val tokens; "
             f"train's unigram entropy {b['unigram_train_entropy']:.3f})")
     null = gains["train (held-out rows)"]
-    foreign = [name for name in ("val", "test") if gains.get(name, 0.0) < 0]
+    foreign = [name for name in ("val", "test") if gains.get(name, 0.0) < CONTEXT_MISLEADS]
     if null >= CONTEXT_HELPS and foreign:
         worst = min(foreign, key=lambda name: gains[name])
         return CheckResult("unigram_bigram_baselines", STAGE, Verdict.FAIL, gains[worst], 0.0, ">=",

@@ -39,7 +39,7 @@ def run_check(check: Callable[..., CheckResult], pipeline, stage: str, blocked_b
         line = user_line(err)
         # Raised in the user's model, step or loader, the crash is theirs to fix (fit_dry_run tells whether
         # training meets it too); raised in the harness alone, it is a bug of the check.
-        said = (f"the pipeline's own code raised at {line} while this check ran it: {describe(err)} "
+        said = (f"raised in the pipeline's own code, at {line}, while this check ran it: {describe(err)} "
                 f"(at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}). Fix the model, step or data there; "
                 "fit_dry_run says whether training meets it too" if line else
                 f"the check crashed: {type(err).__name__}: {err} (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})")

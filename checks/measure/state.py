@@ -10,6 +10,9 @@ still makes them differ.
 """
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,13 +25,20 @@ CARRIED_STATE = ("the model carries state from one forward call to the next: two
 
 
 def keeps_state(model: nn.Module, x: torch.Tensor) -> bool:
-    """True when two no-grad passes over `x`, each from the same RNG state, give different outputs."""
-    outputs = []
-    with torch.no_grad():
-        for _ in range(2):
-            with torch.random.fork_rng():
-                torch.manual_seed(0)
-                outputs.append(forward_logits(model, x))
+    """True when two no-grad passes over `x`, each from the same state of torch's, numpy's and Python's
+    generators, give different outputs."""
+    outputs, saved = [], (np.random.get_state(), random.getstate())
+    try:
+        with torch.no_grad():
+            for _ in range(2):
+                with torch.random.fork_rng():
+                    torch.manual_seed(0)
+                    np.random.seed(0)
+                    random.seed(0)
+                    outputs.append(forward_logits(model, x))
+    finally:
+        np.random.set_state(saved[0])
+        random.setstate(saved[1])
     a, b = outputs
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape):
         return False

@@ -50,19 +50,22 @@ def _same(a, b) -> bool:
 def _reset_generators(pipeline: Pipeline) -> tuple[list[str], bool]:
     """(the generators the step resets to a fixed state, whether the training forward draws random numbers)."""
     saved = {name: get() for name, (get, _, _, _) in GENERATORS.items()}
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
-        model = fresh_model(pipeline)
-        optimizer, _ = training_objects(pipeline, model)
-        batch = first_batches(pipeline, "train", 1)[0]
-        model.train()
-        with torch.no_grad():  # dropout, stochastic depth, noise: two forwards of one batch differ
-            random_forward = not torch.equal(forward_logits(model, batch.x), forward_logits(model, batch.x))
-        after = []
-        for seed in START_SEEDS:
-            for _, _, seed_it, _ in GENERATORS.values():
-                seed_it(seed)
-            take_step(pipeline, model, optimizer, batch.x, batch.y)
-            after.append({name: get() for name, (get, _, _, _) in GENERATORS.items()})
+        with torch.random.fork_rng(devices=cuda):  # torch.manual_seed seeds the CUDA generators too
+            model = fresh_model(pipeline)
+            optimizer, _ = training_objects(pipeline, model)
+            batches = first_batches(pipeline, "train", 2)  # two batches: a step may seed from its batch on purpose
+            model.train()
+            with torch.no_grad():  # dropout, stochastic depth, noise: two forwards of one batch differ
+                x = batches[0].x
+                random_forward = not torch.equal(forward_logits(model, x), forward_logits(model, x))
+            after = []
+            for seed, batch in zip(START_SEEDS, batches * 2):
+                for _, _, seed_it, _ in GENERATORS.values():
+                    seed_it(seed)
+                take_step(pipeline, model, optimizer, batch.x, batch.y)
+                after.append({name: get() for name, (get, _, _, _) in GENERATORS.items()})
     finally:
         for name, (_, set_it, _, _) in GENERATORS.items():
             set_it(saved[name])
