@@ -8,8 +8,8 @@ from pathlib import Path
 
 # Some images set PYTHONDONTWRITEBYTECODE (this machine's, many CI runners'). Then every run recompiles
 # this checkout's modules in each process the tests start, and pytest rewrites the asserts of every test
-# module again: measured 122 s for the fast tier with the cache against 136 s without. __pycache__ is
-# git-ignored; the children the tests start inherit the choice.
+# module again: `pytest --collect-only -m "not slow"` took 25.4 s without the cache and 16.9 s with it (each
+# pytest worker collects every file). __pycache__ is git-ignored; the children the tests start inherit the choice.
 sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
