@@ -29,9 +29,7 @@ def where(err: BaseException) -> str:
     frames = traceback.extract_tb(err.__traceback__)
     if not frames:
         return "?"
-    mine = [f for f in frames if not _is_harness_or_library(Path(f.filename))]
-    frame = (mine or frames)[-1]
-    return f"{Path(frame.filename).name}:{frame.lineno}"
+    return user_line(err) or f"{Path(frames[-1].filename).name}:{frames[-1].lineno}"
 
 
 def user_line(err: BaseException) -> str | None:

@@ -191,7 +191,7 @@ CONTEXT_HELPS = 0.1   # nats the bigram must beat no context by on held-out trai
 CONTEXT_MISLEADS = -0.1  # ...and lose by on val or test to FAIL: other documents of one encoding score above 0
 
 
-def context_gains(pipeline: Pipeline) -> dict[str, float]:
+def context_gains(pipeline: Pipeline, tables: NgramTables) -> dict[str, float]:
     """How much train's add-one bigram beats the better guess without context, its unigram or uniform
     (nats/token), on val, test and, as the null, on a seeded tenth of train's own rows the tables were
     not fitted on. On text encoded like train,
@@ -209,8 +209,7 @@ def context_gains(pipeline: Pipeline) -> dict[str, float]:
     null = NgramTables(x[fitted], y[fitted], data.num_classes, data.pad_id)
     unigram, bigram, _ = null.losses(x[held], y[held])
     gains = {"train (held-out rows)": min(unigram, uniform) - bigram}
-    tables = NgramTables(x, y, data.num_classes, data.pad_id)
-    for name in ("val", "test"):
+    for name in ("val", "test"):  # `tables`: fitted on all of train
         split = data.split(name)
         if len(split):  # against the better guess without context: a foreign split's unigram is worse than uniform
             unigram, bigram, _ = tables.losses(*rows(split))
@@ -225,8 +224,9 @@ def unigram_bigram_baselines(pipeline: Pipeline) -> CheckResult:
     FAILs when the ids of val or test do not follow train's: the previous token, as train's bigram reads
     it, predicts worse there than no context at all, while it helps by CONTEXT_HELPS or more on train's
     own held-out rows (`context_gains`): the same ids mean other tokens in that split."""
-    b = ngram_losses(pipeline.data, "val")
-    gains = context_gains(pipeline)
+    tables = NgramTables(*rows(pipeline.data.train), pipeline.num_classes, pipeline.data.pad_id)
+    b = ngram_losses(pipeline.data, "val", tables)
+    gains = context_gains(pipeline, tables)
     b["context_gain"] = gains
     said = (f"val loss of the dumb baselines fitted on train: uniform ln V = {b['uniform']:.3f}, unigram "
             f"{b['unigram']:.3f}, add-one bigram {b['bigram']:.3f} nats/token ({b['tokens_scored']} val tokens; "

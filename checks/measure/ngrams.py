@@ -78,12 +78,13 @@ class NgramTables:
         return float(-self.log_unigram[ey].sum() / n), float(-log_bigram.sum() / n), int(len(ey))
 
 
-def ngram_losses(data: DataBundle, split: str = "val") -> dict[str, float]:
+def ngram_losses(data: DataBundle, split: str = "val", tables: NgramTables | None = None) -> dict[str, float]:
     """The dumb baselines, in nats per target token on `split` (pad targets skipped), all fitted on train:
     uniform ln V; the unigram of train's targets; the bigram p(y[t] | x[t]) of train's pairs. Both are
     add-one (Laplace) smoothed so an unseen token costs a finite loss; `unigram_train_entropy` is the
-    plain entropy of train's target distribution (what a unigram scores on train itself)."""
-    tables = NgramTables(*rows(data.train), data.num_classes, data.pad_id)
+    plain entropy of train's target distribution (what a unigram scores on train itself). `tables`: train's,
+    when the caller has them fitted already."""
+    tables = tables or NgramTables(*rows(data.train), data.num_classes, data.pad_id)
     unigram, bigram, scored = tables.losses(*rows(data.split(split)))
     return {"uniform": math.log(data.num_classes), "unigram": unigram, "bigram": bigram,
             "unigram_train_entropy": tables.entropy, "tokens_scored": scored, "split": split}

@@ -10,6 +10,7 @@ still makes them differ.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -24,21 +25,43 @@ CARRIED_STATE = ("the model carries state from one forward call to the next: two
                  "from a fresh state (or pass the state in and out explicitly, detached between batches)")
 
 
+GENERATORS = {  # the global generators a user's code draws from: name -> (read the state, set it, seed it)
+    "torch": (torch.get_rng_state, torch.set_rng_state, torch.manual_seed),
+    "numpy": (np.random.get_state, np.random.set_state, np.random.seed),
+    "random": (random.getstate, random.setstate, random.seed),
+}
+
+
+@contextlib.contextmanager
+def generators_kept():
+    """Every global generator (CUDA's included: torch.manual_seed seeds them too) as it was, on the way out."""
+    saved = {name: get() for name, (get, _, _) in GENERATORS.items()}
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        for name, (_, set_it, _) in GENERATORS.items():
+            set_it(saved[name])
+
+
+def seed_all(seed: int) -> None:
+    for _, _, seed_it in GENERATORS.values():
+        seed_it(seed)
+
+
+def generator_states() -> dict:
+    return {name: get() for name, (get, _, _) in GENERATORS.items()}
+
+
 def keeps_state(model: nn.Module, x: torch.Tensor) -> bool:
     """True when two no-grad passes over `x`, each from the same state of torch's, numpy's and Python's
     generators, give different outputs."""
-    outputs, saved = [], (np.random.get_state(), random.getstate())
-    try:
-        with torch.no_grad():
-            for _ in range(2):
-                with torch.random.fork_rng():
-                    torch.manual_seed(0)
-                    np.random.seed(0)
-                    random.seed(0)
-                    outputs.append(forward_logits(model, x))
-    finally:
-        np.random.set_state(saved[0])
-        random.setstate(saved[1])
+    outputs = []
+    with generators_kept(), torch.no_grad():
+        for _ in range(2):
+            seed_all(0)
+            outputs.append(forward_logits(model, x))
     a, b = outputs
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape):
         return False

@@ -15,25 +15,20 @@
 """
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import torch
 
 from checks.engine.kinds import applies_to
 from checks.engine.result import CheckResult, Verdict
 from checks.measure.sampling import first_batches, fresh_model
+from checks.measure.state import GENERATORS, generator_states, generators_kept, seed_all
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
 from recipe.train import take_step, training_objects
 
 STAGE = "skeleton"
 START_SEEDS = (1_234_567, 7_654_321)  # two starting states no step is likely to seed itself
-GENERATORS = {  # name -> (read the state, set it, seed it, what a step calls to reset it)
-    "torch": (torch.get_rng_state, torch.set_rng_state, torch.manual_seed, "torch.manual_seed"),
-    "numpy": (np.random.get_state, np.random.set_state, np.random.seed, "np.random.seed"),
-    "random": (random.getstate, random.setstate, random.seed, "random.seed"),
-}
+RESET_CALLS = {"torch": "torch.manual_seed", "numpy": "np.random.seed", "random": "random.seed"}
 
 
 def _same(a, b) -> bool:
@@ -49,26 +44,19 @@ def _same(a, b) -> bool:
 
 def _reset_generators(pipeline: Pipeline) -> tuple[list[str], bool]:
     """(the generators the step resets to a fixed state, whether the training forward draws random numbers)."""
-    saved = {name: get() for name, (get, _, _, _) in GENERATORS.items()}
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):  # torch.manual_seed seeds the CUDA generators too
-            model = fresh_model(pipeline)
-            optimizer, _ = training_objects(pipeline, model)
-            batches = first_batches(pipeline, "train", 2)  # two batches: a step may seed from its batch on purpose
-            model.train()
-            with torch.no_grad():  # dropout, stochastic depth, noise: two forwards of one batch differ
-                x = batches[0].x
-                random_forward = not torch.equal(forward_logits(model, x), forward_logits(model, x))
-            after = []
-            for seed, batch in zip(START_SEEDS, batches * 2):
-                for _, _, seed_it, _ in GENERATORS.values():
-                    seed_it(seed)
-                take_step(pipeline, model, optimizer, batch.x, batch.y)
-                after.append({name: get() for name, (get, _, _, _) in GENERATORS.items()})
-    finally:
-        for name, (_, set_it, _, _) in GENERATORS.items():
-            set_it(saved[name])
+    with generators_kept():
+        model = fresh_model(pipeline)
+        optimizer, _ = training_objects(pipeline, model)
+        batches = first_batches(pipeline, "train", 2)  # two batches: a step may seed from its batch on purpose
+        model.train()
+        with torch.no_grad():  # dropout, stochastic depth, noise: two forwards of one batch differ
+            x = batches[0].x
+            random_forward = not torch.equal(forward_logits(model, x), forward_logits(model, x))
+        after = []
+        for seed, batch in zip(START_SEEDS, batches * 2):
+            seed_all(seed)
+            take_step(pipeline, model, optimizer, batch.x, batch.y)
+            after.append(generator_states())
     return [name for name in GENERATORS if _same(after[0][name], after[1][name])], random_forward
 
 
@@ -82,7 +70,7 @@ def fresh_randomness(pipeline: Pipeline) -> CheckResult:
     reset that nothing random in the model draws from (yet): augmentation or shuffling done with that
     generator repeats every step. Measured: the number of reset generators the forward draws from, 0."""
     reset, random_forward = _reset_generators(pipeline)
-    calls = ", ".join(f"{GENERATORS[name][3]}(...)" for name in reset)
+    calls = ", ".join(f"{RESET_CALLS[name]}(...)" for name in reset)
     details = {"reset": reset, "random_forward": random_forward, "start_seeds": list(START_SEEDS)}
     repeating = int("torch" in reset and random_forward)
     if repeating:
