@@ -83,6 +83,9 @@ FLAT_AFTER_JUMP = [2.67, 9.6, 9.5, 9.4] + [2.35] * 56  # resnet18 at seed 4 as m
     (FLAT_AFTER_JUMP, [2.6] + [2.31] * 59, Verdict.FAIL),                  # ... and where a warm-up does not either
     (FLAT_AFTER_JUMP, [2.6, 2.4] + [8.0] * 4 + [2.0 - 0.03 * i for i in range(54)], Verdict.WARN),  # resnet18 seed 4's
     # witness as measured: it jumped too as the ramp reached 0.1, and still ended at 0.34, 15% of the loss without it
+    (RESNET18_SEED4, [0.8] * 10 + [0.5] * 10 + [0.8] * 10 + [1.2] * 10 + [1.0] * 10 + [1.05] * 10, Verdict.FAIL),
+    # a BN MLP at SGD 2.0 as measured on one CPU: the ramped run climbed as the ramp reached 2.0 and stayed up, ending
+    # at 44% of the loss without it; an lr too high all along, however much lower it ends (the climb still stands)
     ([1.9] * 20 + [50.0 * i for i in range(1, 21)] + [2000.0 - 25 * i for i in range(20)], [2.6 - 0.01 * i for i in
                                                                                            range(60)], Verdict.FAIL),
     # the lr x10 every epoch (an unseen-bug probe): falling from 2,000 to 1,500 is no recovery; no witness asked

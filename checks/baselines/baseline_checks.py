@@ -7,8 +7,8 @@ import math
 from checks.engine.kinds import applies_to
 from checks.baselines.token_baseline import TOKEN_MIN_LOSS_SHARE, counted_token_pass
 from checks.baselines.loss_jumps import (LOSS_WINDOW, WITNESS_MAX_END_SHARE, WITNESS_MAX_RISE, last_window_mean,
-                                         loss_jumped, peak_loss, peak_step, prior_entropy, spike, train_drop,
-                                         warmup_witness)
+                                         loss_jumped, peak_loss, peak_step, prior_entropy, spike, standing_rise,
+                                         train_drop, warmup_witness)
 from checks.measure.reference_run import budgeted_training, reference_run
 from checks.engine.result import CheckResult, Figure, Verdict
 from checks.measure.batchnorm import judged_copy
@@ -202,6 +202,7 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
         details.update({"warmup_witness_steps": warmup, "warmup_witness_last_window": last_window_mean(ramped, window),
                         "warmup_witness_rise": rise})
         details["warmup_witness_end_share"] = details["warmup_witness_last_window"] / last if last > 0 else math.inf
+        details["warmup_witness_standing_rise"] = standing_rise(ramped)
     figure = Figure("lines", f"training loss, first {steps} steps", {"series": series, "xlabel": "step",
                                                                      "ylabel": "loss"})
     if last < 0:
@@ -216,7 +217,10 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
                                       f"(what guessing the label frequencies costs, less {min_progress:.0%}), and ")
                + f"with the lr ramped up over the first {details['warmup_witness_steps']} steps the loss {climbed} and "
                + (f"ended at {ramped_end:.4f}, not under {came_back_below:.4f} either" if ramped_end > came_back_below
-                  else f"ended at {ramped_end:.4f}, not half of {last:.4f}")
+                  else f"ended at {ramped_end:.4f}, not half of {last:.4f}"
+                  if details["warmup_witness_end_share"] > WITNESS_MAX_END_SHARE else
+                  f"ended at {ramped_end:.4f}, its last sixth still "
+                  f"{details['warmup_witness_standing_rise']:.0%} of its first loss above its best")
                + (": the learning rate is too high, not just at the start" if came_back else
                   ": the learning rate is too high (it overshoots and does not recover)"))
     elif jumped:
@@ -240,7 +244,8 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
         witness_back = recovered and (came_back or details["warmup_witness_last_window"] <= came_back_below)
         if witness_back and details["warmup_witness_rise"] <= WITNESS_MAX_RISE:  # the number that decided: the ramped run's
             value, threshold, verdict = details["warmup_witness_rise"], WITNESS_MAX_RISE, Verdict.WARN
-        elif recovered and details["warmup_witness_end_share"] <= WITNESS_MAX_END_SHARE:
+        elif recovered and details["warmup_witness_end_share"] <= WITNESS_MAX_END_SHARE \
+                and details["warmup_witness_standing_rise"] <= WITNESS_MAX_RISE:  # ...and came back down from its climb
             value, threshold, verdict = details["warmup_witness_end_share"], WITNESS_MAX_END_SHARE, Verdict.WARN
     else:
         value = drop if math.isfinite(drop) else math.nan
