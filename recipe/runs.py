@@ -197,3 +197,32 @@ def finish_before_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if pressed:
         raise KeyboardInterrupt
+
+
+@contextmanager
+def ctrl_c_noted() -> Iterator[list[int]]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also noted in the list this yields. Python cannot
+    raise it everywhere: landing in a finaliser (a generator closed by the garbage collector, a __del__)
+    it is printed as "Exception ignored" and lost, and a training loop would run on. The loop reads the
+    note at each step and raises it again (`raise_if_pressed`), so Ctrl-C always stops training."""
+    pressed: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # ignored, or the user's own
+        yield pressed
+        return
+
+    def note(signum, frame):
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def raise_if_pressed(pressed: list[int] | None) -> None:
+    if pressed:
+        raise KeyboardInterrupt
+

@@ -22,6 +22,7 @@ from recipe.errors import RecipeError
 from recipe.files import atomic_write
 from recipe.outputs import forward_logits
 from recipe.pipeline import Pipeline
+from recipe.runs import ctrl_c_noted, raise_if_pressed
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.csv"
@@ -159,28 +160,30 @@ def fit(pipeline: Pipeline, out_dir: str | Path | None = None, *, resume: bool =
     epochs = tqdm(range(start_epoch, epochs_total), desc="epochs", disable=not show,
                   initial=start_epoch, total=epochs_total)
     try:
-        for epoch in epochs:
-            row = _train_one_epoch(model, optimizer, scheduler, pipeline, epoch, show, max_batches, on_step,
-                                   monitor)
-            if not math.isfinite(row["train_loss"]):
-                result.stopped = (f"training loss became {row['train_loss']} in epoch {epoch + 1}; "
-                                  "kept the last good checkpoint. Lower the learning rate or check the loss function")
-                break
-            row.update({f"val_{k}": v for k, v in evaluate(model, pipeline, "val", max_batches).items()})
-            if monitor is not None:
-                row.update(monitor.end_epoch(model, pipeline, optimizer, row))
-            step_scheduler(scheduler, "epoch", pipeline, row["val_loss"])
-            result.history.append(row)
-            epochs.set_postfix(val_acc=f"{row['val_accuracy']:.4f}")
-            if not show and not quiet and max_batches is None:
-                print(f"epoch {row['epoch']}/{epochs_total}: train loss {row['train_loss']:.4f}, val loss "
-                      f"{row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}, lr {row['lr']:.3g}, "
-                      f"{row['seconds']:.1f} s", file=sys.stderr, flush=True)
-            if out_dir is not None and write:
-                result.checkpoint = save_checkpoint(out_dir, pipeline, model, optimizer, scheduler, epoch + 1,
-                                                    result.history)
-                saved = epoch + 1
-                write_metrics(out_dir / METRICS_NAME, result.history)
+        with ctrl_c_noted() as pressed:
+            for epoch in epochs:
+                row = _train_one_epoch(model, optimizer, scheduler, pipeline, epoch, show, max_batches, on_step,
+                                       monitor, pressed)
+                if not math.isfinite(row["train_loss"]):
+                    result.stopped = (f"training loss became {row['train_loss']} in epoch {epoch + 1}; "
+                                      "kept the last good checkpoint. Lower the learning rate or check the loss function")
+                    break
+                row.update({f"val_{k}": v for k, v in evaluate(model, pipeline, "val", max_batches).items()})
+                if monitor is not None:
+                    row.update(monitor.end_epoch(model, pipeline, optimizer, row))
+                step_scheduler(scheduler, "epoch", pipeline, row["val_loss"])
+                result.history.append(row)
+                epochs.set_postfix(val_acc=f"{row['val_accuracy']:.4f}")
+                if not show and not quiet and max_batches is None:
+                    print(f"epoch {row['epoch']}/{epochs_total}: train loss {row['train_loss']:.4f}, val loss "
+                          f"{row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}, lr {row['lr']:.3g}, "
+                          f"{row['seconds']:.1f} s", file=sys.stderr, flush=True)
+                if out_dir is not None and write:
+                    result.checkpoint = save_checkpoint(out_dir, pipeline, model, optimizer, scheduler, epoch + 1,
+                                                        result.history)
+                    saved = epoch + 1
+                    write_metrics(out_dir / METRICS_NAME, result.history)
+                raise_if_pressed(pressed)  # a Ctrl-C that landed in a finaliser and was lost there
     except StopTraining as stop:
         result.stopped = str(stop)
     except KeyboardInterrupt:
@@ -194,7 +197,8 @@ def fit(pipeline: Pipeline, out_dir: str | Path | None = None, *, resume: bool =
 
 
 def _train_one_epoch(model, optimizer, scheduler, pipeline: Pipeline, epoch: int, show: bool,
-                     max_batches: int | None, on_step: OnStep | None, monitor=None) -> dict:
+                     max_batches: int | None, on_step: OnStep | None, monitor=None,
+                     pressed: list[int] | None = None) -> dict:
     from tqdm.auto import tqdm
 
     model.train()
@@ -219,6 +223,7 @@ def _train_one_epoch(model, optimizer, scheduler, pipeline: Pipeline, epoch: int
         step_scheduler(scheduler, "step", pipeline)
         losses.append(loss.detach())
         sizes.append(len(batch.y))
+        raise_if_pressed(pressed)
     if not losses:
         raise RecipeError(f"the train split yielded no batches in epoch {epoch + 1}; is it empty?")
     weights = torch.tensor(sizes, dtype=torch.float32, device=losses[0].device)

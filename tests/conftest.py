@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import os
 import sys
+import time
 from pathlib import Path
 
 # Some images set PYTHONDONTWRITEBYTECODE (this machine's, many CI runners'). Then every run recompiles
@@ -141,10 +142,30 @@ def interruptible_cli(args: list[str]) -> list[str]:
     runs). The child restores the handler itself, after exec: Popen's preexec_fn would run Python code
     between fork and exec in a multi-threaded pytest worker (execnet's and torch's threads), which the
     subprocess docs warn may deadlock, and Popen waits for that exec without a timeout. The suspected
-    cause of the one CI run that hung in the Ctrl-C test (tests/test_cli_train.py)."""
-    restore = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    cause of the one CI run that hung in the Ctrl-C test (tests/test_cli_train.py). SIGUSR1 makes the
+    child print every thread's stack (`interrupt_and_wait` asks for it when a child does not stop)."""
+    restore = ("import faulthandler, runpy, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+               "signal.signal(signal.SIGINT, signal.default_int_handler); "
                "runpy.run_module('checks.cli', run_name='__main__', alter_sys=True)")
     return [PYTHON, "-c", restore, *args]
+
+
+def interrupt_and_wait(child, timeout_s: float = 120) -> tuple[str, str]:
+    """Ctrl-C an `interruptible_cli` child and return its (stdout, stderr). A child still running after
+    `timeout_s` is asked for its stacks, killed, and the test fails showing where it was: a CI run once
+    hung here (SIGINT sent after the first checkpoint, the child alive 120 s later) and said no more."""
+    import signal
+    import subprocess
+
+    child.send_signal(signal.SIGINT)
+    try:
+        return child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        child.kill()
+        out, err = child.communicate()
+        pytest.fail(f"the child was still running {timeout_s:.0f} s after Ctrl-C; its stderr ends:\n{err[-8000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import signal
 import subprocess
 import time
 from contextlib import redirect_stderr, redirect_stdout
@@ -15,7 +14,7 @@ import torch
 from recipe import sources
 from checks.cli.main import main
 from recipe.train import CHECKPOINT_NAME, METRICS_NAME
-from tests.conftest import PYTHON, interruptible_cli, subprocess_env
+from tests.conftest import PYTHON, interrupt_and_wait, interruptible_cli, subprocess_env
 
 SAMPLE = ["--data", "sample", "--no-download"]
 CONFIG = ["--schedule", "constant", "--seed", "3"]  # every train run here shares one preflight fingerprint
@@ -168,8 +167,7 @@ def test_ctrl_c_keeps_checkpoint_and_resume_is_bit_identical(gated_run, tmp_path
             assert child.poll() is None, f"child exited early: {child.communicate()}"
             assert time.monotonic() < deadline, "no checkpoint after 180 s"
             time.sleep(0.01)
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=120)
+        out, err = interrupt_and_wait(child)
     finally:
         if child.poll() is None:
             child.kill()

@@ -16,7 +16,7 @@ from checks.engine.registry import CHECKS
 from checks.cli.main import main
 from recipe.errors import RecipeError
 from recipe.runs import LATEST, finish_before_ctrl_c, resume_folder, run_dirs, run_folder
-from tests.conftest import interruptible_cli, subprocess_env
+from tests.conftest import interrupt_and_wait, interruptible_cli, subprocess_env
 
 SAMPLE = ["--data", "sample", "--no-download"]
 
@@ -152,8 +152,7 @@ def test_ctrl_c_during_training_of_recipe_run_keeps_the_preflight_and_the_checkp
     try:
         _wait_for(lambda: any(reports.glob(".*.partial/checkpoint.pt")), child, "checkpoint")
         assert run_dirs(reports) == [] and not (reports / LATEST).exists()  # training: nothing visible yet
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=120)
+        out, err = interrupt_and_wait(child)
     finally:
         if child.poll() is None:
             child.kill()
@@ -179,8 +178,7 @@ def test_ctrl_c_during_the_checks_keeps_the_finished_ones_as_a_partial_preflight
             assert line, f"child ended early: {lines}"
             if line.startswith("["):
                 lines.append(line)
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=120)
+        out, err = interrupt_and_wait(child)
     finally:
         if child.poll() is None:
             child.kill()

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
+import sys
 
 import pytest
 import torch
@@ -128,6 +131,31 @@ def test_interrupt_without_out_dir_claims_no_checkpoint(sample_data):
     result = fit(dataclasses.replace(pipeline, train_step=_InterruptAfter(pipeline.train_step, 3)), quiet=True)
     assert result.stopped == "interrupted during epoch 1; no checkpoint was saved"
     assert result.test is None and result.checkpoint is None
+
+
+class _PressesCtrlCWhenCollected:
+    """Ctrl-C landing while the garbage collector finalises something: Python raises the KeyboardInterrupt
+    inside __del__, prints "Exception ignored" and carries on."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):  # the handler runs here, inside the finaliser
+            pass
+
+
+@pytest.mark.parametrize("step", [0, 7])
+def test_a_ctrl_c_lost_in_a_finaliser_still_stops_training(sample_data, monkeypatch, step):
+    lost = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: lost.append(unraisable.exc_type))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # an xdist worker may ignore SIGINT
+    try:
+        result = fit(_pipeline(sample_data, epochs=3), quiet=True,
+                     on_step=lambda at, optimizer, loss: _PressesCtrlCWhenCollected() if at == step else None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert lost == [KeyboardInterrupt]  # the KeyboardInterrupt itself was lost ("Exception ignored in")...
+    assert result.stopped == "interrupted during epoch 1; no checkpoint was saved"  # ...and training stopped
+    assert result.test is None
 
 
 def test_resume_with_another_config_is_refused(sample_data, full_run):
