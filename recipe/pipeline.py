@@ -109,7 +109,12 @@ class Pipeline:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.data.train) / self.config.batch_size)
+        """Batches in one epoch: the last, smaller one included unless the train loader drops it
+        (recipe/loaders.py: LoaderBatches.drop_below), as a DataLoader's len() counts them."""
+        examples, size = len(self.data.train), self.config.batch_size
+        if getattr(self.batches, "drop_below", None):
+            return max(examples // size, 1)  # none at all: fit says the split yielded no batches
+        return math.ceil(examples / size)
 
 
 def build_pipeline(name: str, config: TrainConfig, data: DataBundle,

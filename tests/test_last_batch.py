@@ -105,3 +105,13 @@ def test_a_loader_that_drops_its_last_batch_is_trained_without_it_and_passes():
     assert result.verdict is Verdict.PASS, result.message
     sizes = [len(batch.y) for batch in dropped.batches("train", shuffle=True)]
     assert set(sizes) == {7} and len(sizes) == len(load_source("wine").train) // 7  # what the loader yields
+
+
+def test_an_epoch_counts_the_batches_the_train_loader_yields():
+    """A OneCycleLR or a warm-up sized from steps_per_epoch must see the epoch's real length: one step
+    fewer when the loader drops its last, smaller batch, as the loader's own len() says."""
+    kept, dropped = loop_pipeline(drop_last=False), loop_pipeline(drop_last=True)
+    rows = len(load_source("wine").train)
+    assert rows % 7  # a last, smaller batch exists to drop
+    assert kept.steps_per_epoch == len(list(kept.batches("train", shuffle=True))) == -(-rows // 7)
+    assert dropped.steps_per_epoch == len(list(dropped.batches("train", shuffle=True))) == rows // 7
