@@ -45,6 +45,18 @@ def _still_falling(excess: list[float], window: int, min_fall: float) -> bool:
     return 0 < last < (1 - min_fall) * before
 
 
+COPIED = 0.9  # share of a token batch's predictions that repeat the input at their position: a step training on y = x
+
+
+def _copied_inputs(predicted: torch.Tensor, x: torch.Tensor, y: torch.Tensor, pad_id: int | None) -> float:
+    """For token sequences, the share of the scored predictions equal to the input id at the same position
+    (0 for anything else): the next-token targets repeat their input only where a text repeats a character."""
+    if y.dim() != 2 or x.shape != y.shape or x.is_floating_point():
+        return 0.0
+    inputs = x.reshape(-1) if pad_id is None else x.reshape(-1)[y.reshape(-1) != pad_id]
+    return (predicted.reshape(-1) == inputs).float().mean().item() if inputs.numel() else 0.0
+
+
 @torch.no_grad()
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
               pad_id: int | None = None) -> tuple[float, torch.Tensor]:
@@ -198,6 +210,12 @@ def overfit_one_batch(pipeline: Pipeline, batch_size: int = 16, max_steps: int =
                            f"running stats, after {len(losses)} steps, still lag the batch statistics the steps "
                            "trained with. Not a bug of the loss or lr; if eval accuracy stays low in the real run, "
                            "look at the BatchNorm momentum and batch size.", figures=figures, details=details)
+    copied = _copied_inputs(predicted, x, y, pipeline.data.pad_id)
+    if accuracy < needed and copied >= COPIED:
+        return fail(accuracy, needed, ">=", f"the loss reached {final:.4f} but only {accuracy:.1%} of the targets are "
+                    f"predicted right, while {copied:.0%} of the predictions are the input token at their own position: "
+                    "the step trains the model to repeat its inputs (a loss on y = x: the shift by one missing in "
+                    "the train step or the loss, which is why its loss falls)")
     if accuracy < needed:
         return fail(accuracy, needed, ">=", f"the loss reached {final:.4f} but only {accuracy:.1%} of the batch is "
                     "predicted right (in eval mode): the step jumped away from the solution (learning rate too "
