@@ -102,6 +102,25 @@ class ManualClipAfterStep(ManualMNIST):
         self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")  # clips what was used
 
 
+
+class DropoutMNIST(LitMNIST):
+    def forward(self, x):
+        return F.dropout(super().forward(x), p=0.3, training=self.training)
+
+
+class SeedsFromBatchIdx(DropoutMNIST):
+    """Valid: a fresh, reproducible dropout draw per batch (some users seed each step from its index)."""
+    def training_step(self, batch, batch_idx):
+        torch.manual_seed(1000 + batch_idx)
+        return super().training_step(batch, batch_idx)
+
+
+class ReseedsEveryStep(DropoutMNIST):
+    """The zoo's seed_reset_in_step: the same dropout mask at every step."""
+    def training_step(self, batch, batch_idx):
+        torch.manual_seed(0)
+        return super().training_step(batch, batch_idx)
+
 def fit(module, digits, callback):
     trainer = pl.Trainer(max_epochs=1, callbacks=[callback], accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -175,3 +175,13 @@ def test_the_usage_example_runs_as_pasted(lit, digits, tmp_path, monkeypatch, pa
     exec(compile(code, page_name, "exec"), scope)
     assert scope["trainer"].global_step == 5 * 2  # max_epochs=5 as pasted, trained after the preflight
     assert list((tmp_path / "reports").glob("*/index.html"))  # report_dir="reports" as pasted
+
+
+@pytest.mark.parametrize("module_class, verdicts", [("SeedsFromBatchIdx", {Verdict.PASS}), ("ReseedsEveryStep", {Verdict.FAIL})])
+def test_training_step_gets_the_running_batch_idx(lit, digits, module_class, verdicts):
+    """Each check step passes the batch_idx Lightning would (0, 1, 2... from a fresh model), not 0 every time:
+    a step that seeds from its batch_idx draws a new dropout mask each step and is no reset."""
+    callback = lit.RecipeCheck(report_dir=None, only=["fresh_randomness"], force=True)
+    lit.fit(getattr(lit, module_class)(), digits, callback)
+    result = callback.verdict.result("fresh_randomness")
+    assert result.verdict in verdicts, result.message

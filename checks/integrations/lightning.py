@@ -110,10 +110,22 @@ def lightning_pipeline(trainer, module, loss_fn: Callable | None = None, seed: i
                     scheduler_interval=made.interval or "step", derived_from=config)
 
 
+_STEPS_TAKEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _batch_idx(model) -> int:
+    """The batch_idx Lightning would pass: how many steps this model has taken (a fresh model starts at 0,
+    so a check's run is the same every time). A constant 0 made a step that seeds from batch_idx look like
+    one that resets the generator at every step (`fresh_randomness`)."""
+    taken = _STEPS_TAKEN.get(model, 0)
+    _STEPS_TAKEN[model] = taken + 1
+    return taken
+
+
 def lightning_step(model, optimizer, loss_fn, x, y):
     """Automatic optimisation, spelled out: the loss from training_step, then backward and step."""
     optimizer.zero_grad(set_to_none=True)
-    loss = _loss_of(model.training_step([x, y], 0))
+    loss = _loss_of(model.training_step([x, y], _batch_idx(model)))
     loss.backward()
     optimizer.step()
     return loss.detach()
@@ -123,7 +135,7 @@ def _manual_step(made: "_Made"):
     """Manual optimisation: training_step runs the whole step with the check's optimizer and scheduler."""
     def manual_step(model, optimizer, loss_fn, x, y):
         with _driven(model, optimizer, made.schedulers.get(id(optimizer)), backward=True) as losses:
-            output = model.training_step([x, y], 0)
+            output = model.training_step([x, y], _batch_idx(model))
         return (losses[-1] if losses else _loss_of(output)).detach()
     return manual_step
 
