@@ -111,10 +111,10 @@ class Pipeline:
     def steps_per_epoch(self) -> int:
         """Batches in one epoch: the last, smaller one included unless the train loader drops it
         (recipe/loaders.py: LoaderBatches.drop_below), as a DataLoader's len() counts them."""
-        examples, size = len(self.data.train), self.config.batch_size
-        if getattr(self.batches, "drop_below", None):
-            return max(examples // size, 1)  # none at all: fit says the split yielded no batches
-        return math.ceil(examples / size)
+        examples, kept_from = len(self.data.train), getattr(self.batches, "drop_below", None)
+        if kept_from:
+            return max(examples // kept_from, 1)  # none at all: fit says the loader drops its only batch
+        return math.ceil(examples / self.config.batch_size)
 
 
 def build_pipeline(name: str, config: TrainConfig, data: DataBundle,

@@ -223,6 +223,6 @@ def ctrl_c_noted() -> Iterator[list[int]]:
 
 
 def raise_if_pressed(pressed: list[int] | None) -> None:
+    """Raise the KeyboardInterrupt `ctrl_c_noted` noted (a safe point of the loop: between two steps)."""
     if pressed:
         raise KeyboardInterrupt
-

@@ -225,6 +225,11 @@ def _train_one_epoch(model, optimizer, scheduler, pipeline: Pipeline, epoch: int
         sizes.append(len(batch.y))
         raise_if_pressed(pressed)
     if not losses:
+        kept_from = getattr(pipeline.batches, "drop_below", None)
+        if kept_from and len(pipeline.data.train) < kept_from:
+            raise RecipeError(f"the train loader has drop_last=True and fewer examples ({len(pipeline.data.train)}) "
+                              f"than one batch ({kept_from}): it yields no batch; lower the batch size or keep the "
+                              "last batch")
         raise RecipeError(f"the train split yielded no batches in epoch {epoch + 1}; is it empty?")
     weights = torch.tensor(sizes, dtype=torch.float32, device=losses[0].device)
     train_loss = (torch.stack(losses).float().reshape(-1) @ weights / sum(sizes)).item()

@@ -102,7 +102,6 @@ class ManualClipAfterStep(ManualMNIST):
         self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")  # clips what was used
 
 
-
 class DropoutMNIST(LitMNIST):
     def forward(self, x):
         return F.dropout(super().forward(x), p=0.3, training=self.training)
@@ -120,6 +119,7 @@ class ReseedsEveryStep(DropoutMNIST):
     def training_step(self, batch, batch_idx):
         torch.manual_seed(0)
         return super().training_step(batch, batch_idx)
+
 
 def fit(module, digits, callback):
     trainer = pl.Trainer(max_epochs=1, callbacks=[callback], accelerator="cpu", logger=False,

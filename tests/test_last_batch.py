@@ -115,3 +115,23 @@ def test_an_epoch_counts_the_batches_the_train_loader_yields():
     assert rows % 7  # a last, smaller batch exists to drop
     assert kept.steps_per_epoch == len(list(kept.batches("train", shuffle=True))) == -(-rows // 7)
     assert dropped.steps_per_epoch == len(list(dropped.batches("train", shuffle=True))) == rows // 7
+
+
+def test_a_loader_that_drops_its_only_batch_says_so():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import torch
+
+    from checks.integrations.loop import pipeline_from_loop
+    from recipe.errors import RecipeError
+    from recipe.train import fit
+
+    data = load_source("wine")
+    train = DataLoader(TensorDataset(data.train.images, data.train.labels), batch_size=len(data.train) + 1,
+                       drop_last=True)
+    val = DataLoader(TensorDataset(data.val.images, data.val.labels), batch_size=7)
+    pipeline = pipeline_from_loop(lambda: NormMLP(data.train.images.shape[1], data.num_classes),
+                                  lambda params: torch.optim.Adam(params, lr=1e-3), nn.functional.cross_entropy,
+                                  train, val)
+    with pytest.raises(RecipeError, match=r"drop_last=True and fewer examples \(\d+\) than one batch"):
+        fit(pipeline, quiet=True)

@@ -55,3 +55,19 @@ def test_the_same_models_with_their_own_step_pass(case):
     torch.manual_seed(0)
     result = overfit_one_batch.__wrapped__(CASES[case]())
     assert result.verdict is Verdict.PASS, result.message
+
+
+def test_a_right_answer_that_repeats_its_input_is_not_read_as_copying():
+    """Runs of one character: the target often is the input itself, and predicting it is right, not copying.
+    Only the positions whose target is another id count."""
+    from checks.baselines.overfit_checks import _copied_inputs
+
+    x = torch.tensor([[1, 1, 1, 1, 2, 3, 4, 5]] * 8)
+    y = torch.tensor([[1, 1, 1, 2, 3, 4, 5, 6]] * 8)  # next tokens: 3 of 8 repeat their input
+    wrong_elsewhere = torch.where(x == y, y, torch.zeros_like(y))  # right on the repeats, wrong on the rest
+    assert _copied_inputs(wrong_elsewhere.flatten(), x, y, None) == 0.0
+    assert _copied_inputs(x.flatten(), x, y, None) == 1.0  # the step trained on y = x
+    padded_y = y.clone()
+    padded_y[:, -1] = 0  # pad id 0: the last position is not scored
+    kept = padded_y != 0
+    assert _copied_inputs(x[kept], x, padded_y, pad_id=0) == 1.0

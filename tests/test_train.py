@@ -151,6 +151,7 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_training(sample_data, monkeypa
     try:
         result = fit(_pipeline(sample_data, epochs=3), quiet=True,
                      on_step=lambda at, optimizer, loss: _PressesCtrlCWhenCollected() if at == step else None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # fit put back what it found
     finally:
         signal.signal(signal.SIGINT, previous)
     assert lost == [KeyboardInterrupt]  # the KeyboardInterrupt itself was lost ("Exception ignored in")...

@@ -161,8 +161,9 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
     but by less than `min_drop`, WARNs: a small lr or a long warm-up trains slowly, which is worth
     a look but is not broken code. A jump the run recovered from is put to a witness, the same run
     with the lr ramped up over its first third (checks/baselines/loss_jumps.py): when that run never climbs back,
-    or ends at half the loss or less, the lr overshoots at the start only (SGD 0.1 on a BatchNorm
-    ResNet without warm-up) and the check WARNs; otherwise the lr is too high and it FAILs.
+    or ends at half the loss or less and back down from its climb, the lr overshoots at the start only
+    (SGD 0.1 on a BatchNorm ResNet without warm-up) and the check WARNs; otherwise the lr is too high and
+    it FAILs.
     """
     run = reference_run(pipeline)
     losses, steps = run.losses, run.steps
@@ -220,7 +221,8 @@ def training_loss_decreases(pipeline: Pipeline, window: int = LOSS_WINDOW, min_d
                   else f"ended at {ramped_end:.4f}, not half of {last:.4f}"
                   if details["warmup_witness_end_share"] > WITNESS_MAX_END_SHARE else
                   f"ended at {ramped_end:.4f}, its last sixth still "
-                  f"{details['warmup_witness_standing_rise']:.0%} of its first loss above its best")
+                  f"{details['warmup_witness_standing_rise']:.0%} of its first loss above its best (limit "
+                  f"{WITNESS_MAX_RISE:.0%})")
                + (": the learning rate is too high, not just at the start" if came_back else
                   ": the learning rate is too high (it overshoots and does not recover)"))
     elif jumped:

@@ -45,16 +45,21 @@ def _still_falling(excess: list[float], window: int, min_fall: float) -> bool:
     return 0 < last < (1 - min_fall) * before
 
 
-COPIED = 0.9  # share of a token batch's predictions that repeat the input at their position: a step training on y = x
+COPIED = 0.9        # share of predictions that repeat the input where the target differs from it: y = x trained
+COPIED_MIN_SEEN = 32  # positions whose target differs from their input needed to read that share at all
 
 
 def _copied_inputs(predicted: torch.Tensor, x: torch.Tensor, y: torch.Tensor, pad_id: int | None) -> float:
-    """For token sequences, the share of the scored predictions equal to the input id at the same position
-    (0 for anything else): the next-token targets repeat their input only where a text repeats a character."""
+    """For token sequences, the share of predictions equal to the input id at their position, counted only
+    where the target is another id (0 for anything else): a right answer that repeats its input (a run of
+    one character) is no copying, and a step trained on y = x copies nearly everywhere else."""
     if y.dim() != 2 or x.shape != y.shape or x.is_floating_point():
         return 0.0
-    inputs = x.reshape(-1) if pad_id is None else x.reshape(-1)[y.reshape(-1) != pad_id]
-    return (predicted.reshape(-1) == inputs).float().mean().item() if inputs.numel() else 0.0
+    scored_at = torch.ones_like(y, dtype=torch.bool) if pad_id is None else y != pad_id
+    differs = (x != y)[scored_at]  # in the order of `predicted` (scored positions, flattened)
+    if int(differs.sum()) < COPIED_MIN_SEEN:
+        return 0.0
+    return (predicted.reshape(-1)[differs] == x[scored_at][differs]).float().mean().item()
 
 
 @torch.no_grad()

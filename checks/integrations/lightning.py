@@ -110,15 +110,19 @@ def lightning_pipeline(trainer, module, loss_fn: Callable | None = None, seed: i
                     scheduler_interval=made.interval or "step", derived_from=config)
 
 
-_STEPS_TAKEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_STEPS_TAKEN: dict[int, int] = {}  # by id: a module defining __eq__ without __hash__ is no dict key
 
 
 def _batch_idx(model) -> int:
-    """The batch_idx Lightning would pass: how many steps this model has taken (a fresh model starts at 0,
-    so a check's run is the same every time). A constant 0 made a step that seeds from batch_idx look like
-    one that resets the generator at every step (`fresh_randomness`)."""
-    taken = _STEPS_TAKEN.get(model, 0)
-    _STEPS_TAKEN[model] = taken + 1
+    """The batch_idx Lightning would pass: how many steps this model object has taken. Every check trains
+    a fresh copy, which starts at 0, so a check's run is the same every time (unlike Lightning, it does not
+    go back to 0 each epoch). A constant 0 made a step that seeds from batch_idx look like one that resets
+    the generator at every step (`fresh_randomness`)."""
+    key = id(model)
+    if key not in _STEPS_TAKEN:
+        weakref.finalize(model, _STEPS_TAKEN.pop, key, None)  # a later object with the same id starts at 0
+    taken = _STEPS_TAKEN.get(key, 0)
+    _STEPS_TAKEN[key] = taken + 1
     return taken
 
 
