@@ -71,3 +71,34 @@ def test_a_right_answer_that_repeats_its_input_is_not_read_as_copying():
     padded_y[:, -1] = 0  # pad id 0: the last position is not scored
     kept = padded_y != 0
     assert _copied_inputs(x[kept], x, padded_y, pad_id=0) == 1.0
+
+
+class TimeMajorLM(nn.Module):
+    """A user's GRU/LSTM language model built without batch_first=True, fed (B, T) ids: it runs over the batch."""
+
+    def __init__(self, vocab: int, cell: type = nn.GRU, batch_first: bool = False, transpose: bool = False):
+        super().__init__()
+        self.embed, self.rnn = nn.Embedding(vocab, 32), cell(32, 64, batch_first=batch_first)
+        self.head, self.transpose = nn.Linear(64, vocab), transpose
+
+    def forward(self, x):
+        h = self.embed(x)
+        if self.transpose:  # time-major on purpose: the input turned to (T, B) first, and back after
+            return self.head(self.rnn(h.transpose(0, 1))[0].transpose(0, 1))
+        return self.head(self.rnn(h)[0])
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+@pytest.mark.parametrize("data", ["stream", "names"])
+def test_a_recurrent_lm_without_batch_first_fails_position_used_naming_it(cell, data):
+    from checks.skeleton.sequence_checks import position_used
+
+    bundle = stream_bundle() if data == "stream" else names_bundle()
+    pipeline = gpt_pipeline(config(), bundle)
+    for batch_first, transpose, verdict in ((False, False, Verdict.FAIL), (True, False, Verdict.PASS),
+                                            (False, True, Verdict.PASS)):
+        built = replace(pipeline, make_model=lambda: TimeMajorLM(pipeline.num_classes, cell, batch_first, transpose))
+        torch.manual_seed(0)
+        result = position_used(built)
+        assert result.verdict is verdict, (batch_first, transpose, result.message)
+        assert ("batch_first=True" in result.message) is (verdict is Verdict.FAIL)

@@ -128,7 +128,8 @@ def position_used(pipeline: Pipeline) -> CheckResult:
     must give different logits at different positions (a position embedding or a recurrent state makes
     them differ; a transformer without positions gives every position the same logits, exactly).
 
-    N/A for a model that reads no context (a bigram table: the logits at t follow x[t] alone). When the
+    N/A for a model that reads no context (a bigram table: the logits at t follow x[t] alone), unless it
+    has a recurrent layer built without batch_first=True: that one runs over the batch (FAIL). When the
     constant sequence shows no position: FAIL if an embedding table never reaches the logits (the
     positional embedding is built but never added) or if swapping two earlier tokens changes nothing (the
     context is a bag of tokens); else WARN, since relative schemes (RoPE, ALiBi) or a deep NoPE model
@@ -150,6 +151,15 @@ def position_used(pipeline: Pipeline) -> CheckResult:
     edit[:, before] = _replaced(pipeline, one[:, before], 1)
     context = _effect(_logits(model, edit)[:, t], base[:, t])
     details = {"own_token_effect": own, "context_effect": context}
+    time_major = [name for name, module in model.named_modules()
+                  if isinstance(module, nn.RNNBase) and not module.batch_first]
+    if context <= ROUND_OFF * own and time_major:  # an RNN over T would see the earlier tokens: it runs over B
+        return CheckResult("position_used", STAGE, Verdict.FAIL, context / own if own else 0.0, ROUND_OFF, ">",
+                           f"the logits at t follow the token at t alone (replacing every earlier token moved them "
+                           f"{context:.2g}, the token itself {own:.2g}), though the model has a recurrent layer "
+                           f"({', '.join(time_major)}) built without batch_first=True: it reads a (B, T) batch as "
+                           "(T, B), so it runs over the batch, not along each sequence. Build it with "
+                           "batch_first=True (or transpose its input)", details=details)
     if context <= ROUND_OFF * own:
         return not_applicable("position_used", STAGE, f"the logits at t follow the token at t alone (replacing every "
                               f"earlier token moved them {context:.2g}, the token itself {own:.2g}): a model that "
