@@ -88,7 +88,8 @@ def standing_rise(losses: list[float]) -> float:
     climb still standing at the end (inf when not finite). resnet18's ramped run at SGD 0.1 jumped as the
     ramp reached 0.1 and then fell to its lowest at the end (0); a BN MLP at SGD 2.0 climbed from 0.52 to 1.22
     as the ramp reached 2.0 and ended at 1.06, twice its best (0.68): there the lr is too high all along,
-    whatever share of the user's loss it ends at (44% on one CPU, 61-99% on others)."""
+    whatever share of the user's loss it ends at (44% at seed 1 on an AVX-512 CPU; over 50%, a FAIL, on
+    the CPU before)."""
     parts = sixths(losses)
     if len(losses) < 12 or not all(map(math.isfinite, parts)) or losses[0] == 0:
         return math.inf
