@@ -108,10 +108,16 @@ class Pipeline:
         return self.data.kind
 
     @property
+    def drops_last_below(self) -> int | None:
+        """The batch size below which the train loader drops a batch (drop_last=True), or None: it keeps all
+        (recipe/loaders.py: LoaderBatches.drop_below)."""
+        return getattr(self.batches, "drop_below", None) or None
+
+    @property
     def steps_per_epoch(self) -> int:
-        """Batches in one epoch: the last, smaller one included unless the train loader drops it
-        (recipe/loaders.py: LoaderBatches.drop_below), as a DataLoader's len() counts them."""
-        examples, kept_from = len(self.data.train), getattr(self.batches, "drop_below", None)
+        """Batches in one epoch: the last, smaller one included unless the train loader drops it, as a
+        DataLoader's len() counts them."""
+        examples, kept_from = len(self.data.train), self.drops_last_below
         if kept_from:
             return max(examples // kept_from, 1)  # none at all: fit says the loader drops its only batch
         return math.ceil(examples / self.config.batch_size)

@@ -165,8 +165,8 @@ def fit(pipeline: Pipeline, out_dir: str | Path | None = None, *, resume: bool =
                 row = _train_one_epoch(model, optimizer, scheduler, pipeline, epoch, show, max_batches, on_step,
                                        monitor, pressed)
                 if not math.isfinite(row["train_loss"]):
-                    result.stopped = (f"training loss became {row['train_loss']} in epoch {epoch + 1}; "
-                                      "kept the last good checkpoint. Lower the learning rate or check the loss function")
+                    result.stopped = (f"training loss became {row['train_loss']} in epoch {epoch + 1}; kept the "
+                                      "last good checkpoint. Lower the learning rate or check the loss function")
                     break
                 row.update({f"val_{k}": v for k, v in evaluate(model, pipeline, "val", max_batches).items()})
                 if monitor is not None:
@@ -225,7 +225,7 @@ def _train_one_epoch(model, optimizer, scheduler, pipeline: Pipeline, epoch: int
         sizes.append(len(batch.y))
         raise_if_pressed(pressed)
     if not losses:
-        kept_from = getattr(pipeline.batches, "drop_below", None)
+        kept_from = pipeline.drops_last_below
         if kept_from and len(pipeline.data.train) < kept_from:
             raise RecipeError(f"the train loader has drop_last=True and fewer examples ({len(pipeline.data.train)}) "
                               f"than one batch ({kept_from}): it yields no batch; lower the batch size or keep the "

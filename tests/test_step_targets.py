@@ -17,17 +17,14 @@ from torch import nn
 from checks.baselines.overfit_checks import overfit_one_batch
 from checks.engine.result import Verdict
 from recipe.sequences import gpt_pipeline
+from recipe.steps import train_step
 from tests.test_carried_state import RecurrentLM
 from tests.zoo.sequence_bugs import config, names_bundle, stream_bundle
 
 
 def step_on_inputs(model, optimizer, loss_fn, x, y):
     """The bug: the loss is taken against the inputs (a shift forgotten where the step builds targets)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), x)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    return train_step(model, optimizer, loss_fn, x, x)
 
 
 def _gru(pipeline):
